@@ -1,0 +1,71 @@
+"""The tamper-evident audit log: each row's hash covers its content and the previous hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from .models import AuditLog, utcnow
+
+GENESIS = "0" * 64
+
+
+def _digest(prev_hash: str, row: AuditLog) -> str:
+    payload = json.dumps(
+        {
+            "at": row.at.isoformat(),
+            "actor": row.actor,
+            "action": row.action,
+            "entity": row.entity,
+            "entity_id": row.entity_id,
+            "detail": row.detail,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+
+
+def record(
+    db: Session,
+    actor: str,
+    action: str,
+    entity: str,
+    entity_id: object = None,
+    detail: dict | None = None,
+) -> AuditLog:
+    """Append an audit row in ``db``'s transaction (the caller commits).
+
+    On PostgreSQL the chain head is taken under an advisory transaction lock so
+    concurrent writers keep one chain; on SQLite writers are serialised by the database.
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
+    last = db.exec(select(AuditLog.hash).order_by(AuditLog.id.desc()).limit(1)).first()
+    prev = last or GENESIS
+    row = AuditLog(
+        at=utcnow(),
+        actor=actor,
+        action=action,
+        entity=entity,
+        entity_id=None if entity_id is None else str(entity_id),
+        detail=detail or {},
+        prev_hash=prev,
+    )
+    row.hash = _digest(prev, row)
+    db.add(row)
+    db.flush()
+    return row
+
+
+def verify_chain(db: Session) -> int | None:
+    """The id of the first row whose hash does not match, or None when the chain is intact."""
+    prev = GENESIS
+    for row in db.exec(select(AuditLog).order_by(AuditLog.id)):
+        if row.prev_hash != prev or _digest(prev, row) != row.hash:
+            return row.id
+        prev = row.hash
+    return None

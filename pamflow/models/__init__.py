@@ -1,0 +1,38 @@
+"""The domain store's tables. Import from here: ``from pamflow.models import Device``."""
+
+from ._base import utcnow
+from .activity import AccessGroup, AccessGroupMember, Certificate, Session, SessionEvent, User
+from .inventory import (
+    Connectivity,
+    Credential,
+    CredentialHistory,
+    CredentialStatus,
+    Device,
+    HostKey,
+    PasswordReservation,
+)
+from .operations import Operation, OperationKind, OperationState
+from .system import AuditLog, Notification, SystemParameter
+
+__all__ = [
+    "AccessGroup",
+    "AccessGroupMember",
+    "AuditLog",
+    "Certificate",
+    "Connectivity",
+    "Credential",
+    "CredentialHistory",
+    "CredentialStatus",
+    "Device",
+    "HostKey",
+    "Notification",
+    "Operation",
+    "OperationKind",
+    "OperationState",
+    "PasswordReservation",
+    "Session",
+    "SessionEvent",
+    "SystemParameter",
+    "User",
+    "utcnow",
+]

@@ -1,0 +1,87 @@
+"""Sessions, certificates, users and access groups: the records robots read and maintain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from ._base import json_field, text_field, utcnow
+
+
+class Certificate(SQLModel, table=True):
+    __tablename__ = "certificate"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int | None = Field(default=None, foreign_key="device.id", index=True)
+    common_name: str
+    serial: str | None = None
+    issuer: str | None = None
+    not_before: datetime | None = None
+    not_after: datetime = Field(index=True)
+    alerts_sent: list[int] = json_field(default_factory=list)  # day thresholds already notified
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Session(SQLModel, table=True):
+    """A proxy session of a user on a device."""
+
+    __tablename__ = "session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int | None = Field(default=None, foreign_key="pam_user.id", index=True)
+    device_id: int | None = Field(default=None, foreign_key="device.id", index=True)
+    credential_id: int | None = Field(default=None, foreign_key="credential.id")
+    protocol: str = "ssh"
+    source_ip: str | None = None
+    status: str = Field(default="active", index=True)  # active | finished | failed
+    started_at: datetime = Field(default_factory=utcnow, index=True)
+    last_activity_at: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    risk_score: int = 0
+    text_indexed_at: datetime | None = None
+
+
+class SessionEvent(SQLModel, table=True):
+    __tablename__ = "session_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: int = Field(foreign_key="session.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    kind: str  # input | output | command | file | ...
+    data: str | None = text_field()
+
+
+class User(SQLModel, table=True):
+    """A PAM user (an operator who requests credentials and sessions)."""
+
+    __tablename__ = "pam_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(sa_column=sa.Column(sa.String, unique=True, nullable=False))
+    email: str | None = None
+    display_name: str | None = None
+    source: str = "local"  # local | ldap
+    external_id: str | None = None
+    status: str = "active"  # active | locked | suspended | expired | inactive
+    temporary_until: datetime | None = None
+    last_login_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AccessGroup(SQLModel, table=True):
+    __tablename__ = "access_group"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String, unique=True, nullable=False))
+    description: str | None = None
+    rules: dict = json_field()
+
+
+class AccessGroupMember(SQLModel, table=True):
+    __tablename__ = "access_group_member"
+
+    group_id: int = Field(foreign_key="access_group.id", primary_key=True)
+    user_id: int = Field(foreign_key="pam_user.id", primary_key=True)

@@ -1,0 +1,128 @@
+"""Starting the local platform: a Prefect server on embedded SQLite, the work pool, a worker.
+
+Used by ``pamflow up`` and by the test suite's shared Prefect server, so both start
+Prefect the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+QUIET_ENV = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_UI_ENABLED": "true",
+}
+WORK_POOL = "process"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prefect_env(api_url: str | None = None, home: Path | None = None, **extra: str) -> dict:
+    """The environment for a Prefect server, worker or CLI call of pamflow's."""
+    env = dict(os.environ)
+    env.update(QUIET_ENV)
+    if home is not None:
+        env["PREFECT_HOME"] = str(home)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    env.update(extra)
+    return env
+
+
+def start_server(home: Path, port: int, log_path: Path | None = None) -> subprocess.Popen:
+    """A Prefect server whose database is a SQLite file under ``home``."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = prefect_env(
+        home=home,
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+    )
+    env.pop("PREFECT_API_URL", None)
+    log = open(log_path or home / "server.log", "ab")  # noqa: SIM115 - owned by the process
+    return subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_healthy(api_url: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
+    """Block until ``{api_url}/health`` answers, or raise with a clear reason."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"Prefect server exited with code {proc.returncode} before healthy")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"Prefect server at {api_url} not healthy after {timeout:.0f}s")
+
+
+def run_prefect(args: list[str], api_url: str, cwd: Path | None = None, check: bool = True,
+                **extra_env: str) -> subprocess.CompletedProcess:
+    """Run a ``prefect`` CLI command against ``api_url``."""
+    return subprocess.run(
+        [str(BIN / "prefect"), *args],
+        env=prefect_env(api_url, **extra_env),
+        cwd=cwd,
+        check=check,
+        capture_output=True,
+        text=True,
+    )
+
+
+def ensure_work_pool(api_url: str, name: str = WORK_POOL) -> None:
+    res = run_prefect(["work-pool", "inspect", name], api_url, check=False)
+    if res.returncode != 0:
+        run_prefect(["work-pool", "create", name, "--type", "process"], api_url)
+
+
+def start_worker(api_url: str, pool: str = WORK_POOL, log_path: Path | None = None,
+                 query_seconds: float = 2, **extra_env: str) -> subprocess.Popen:
+    env = prefect_env(api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds), **extra_env)
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen | None, deadline: float = 15) -> None:
+    """SIGTERM the process group, then SIGKILL after ``deadline`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(deadline)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)

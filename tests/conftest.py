@@ -1,0 +1,32 @@
+"""Shared test set-up. Environment first: before anything imports Prefect or pamflow."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+_HOME = Path(tempfile.mkdtemp(prefix="pamflow-tests-"))
+os.environ.update(
+    {
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PAMFLOW_HOME": str(_HOME / "pamflow"),
+        "PAMFLOW_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "PREFECT_HOME": str(_HOME / "prefect-client"),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+)
+os.environ.pop("PAMFLOW_DATABASE_URL", None)
+
+from tests.fixtures.prefect_server import reserve_prefect_api  # noqa: E402
+
+reserve_prefect_api(_HOME)
+
+pytest_plugins = [
+    "tests.fixtures.stores",
+    "tests.fixtures.prefect_server",
+    "tests.fixtures.sshd",
+]

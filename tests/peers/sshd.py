@@ -1,0 +1,141 @@
+"""A real OpenSSH sshd on 127.0.0.1 with its own config, host keys and Linux test accounts.
+
+Plain code (no pytest) so benchmarks can start the same server as the tests.
+Needs root and Debian's openssh-server and sudo.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pamflow.platform import free_port
+
+SUDOERS = Path("/etc/sudoers.d/pamflow-tests")
+
+
+def _wait_banner(port: int, timeout: float = 15) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                data = s.recv(256)
+                if data.startswith(b"SSH-"):
+                    return data
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"sshd on port {port} gave no banner within {timeout}s")
+
+
+@dataclass
+class SSHD:
+    """A running sshd. ``add_account`` creates real users that log in with passwords."""
+
+    port: int
+    workdir: Path
+    proc: subprocess.Popen
+    accounts: list[str] = field(default_factory=list)
+    host_key_pub: str = ""
+
+    @classmethod
+    def start(cls, max_startups: int = 400) -> SSHD:
+        if shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists():
+            raise RuntimeError("sshd not installed: apt-get install openssh-server sudo")
+        workdir = Path(tempfile.mkdtemp(prefix="pamflow-sshd-"))
+        key = workdir / "ssh_host_ed25519_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        Path("/run/sshd").mkdir(exist_ok=True)
+        port = free_port()
+        config = workdir / "sshd_config"
+        config.write_text(
+            f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {key}
+PidFile {workdir / 'sshd.pid'}
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin no
+UsePAM yes
+MaxStartups {max_startups}:100:{max_startups * 2}
+MaxSessions 100
+MaxAuthTries 10
+LoginGraceTime 60
+UseDNS no
+PrintMotd no
+PrintLastLog no
+Subsystem sftp internal-sftp
+"""
+        )
+        proc = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            stdout=open(workdir / "sshd.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        server = cls(port=port, workdir=workdir, proc=proc,
+                     host_key_pub=(workdir / "ssh_host_ed25519_key.pub").read_text().strip())
+        _wait_banner(port)
+        return server
+
+    def add_account(self, password: str, name: str | None = None, sudo_chpasswd: bool = False
+                    ) -> str:
+        """A new Linux account with ``password``; its name is returned."""
+        name = name or f"pft{secrets.token_hex(4)}"
+        subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", "-d", "/tmp", name], check=True)
+        subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
+        self.accounts.append(name)
+        if sudo_chpasswd:
+            with SUDOERS.open("a") as fh:
+                fh.write(f"{name} ALL=(root) NOPASSWD: /usr/sbin/chpasswd\n")
+            SUDOERS.chmod(0o440)
+        return name
+
+    def add_accounts(self, passwords: dict[str, str]) -> None:
+        """Many accounts at once (name -> password), one useradd each and a single chpasswd."""
+        for name in passwords:
+            subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", "-d", "/tmp", name],
+                           check=True)
+            self.accounts.append(name)
+        body = "".join(f"{n}:{p}\n" for n, p in passwords.items())
+        subprocess.run(["chpasswd"], input=body, text=True, check=True)
+
+    def restart_with_new_host_key(self) -> None:
+        """Replace the host key (to test host-key-changed handling) and restart sshd."""
+        self.proc.terminate()
+        self.proc.wait(10)
+        key = self.workdir / "ssh_host_ed25519_key"
+        key.unlink()
+        Path(str(key) + ".pub").unlink()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        self.host_key_pub = Path(str(key) + ".pub").read_text().strip()
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.workdir / "sshd_config")],
+            stdout=open(self.workdir / "sshd.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        _wait_banner(self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for name in self.accounts:
+            subprocess.run(["userdel", "-f", name], capture_output=True)
+        self.accounts.clear()
+        if SUDOERS.exists():
+            SUDOERS.unlink()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def sshd_available() -> bool:
+    return os.geteuid() == 0 and Path("/usr/sbin/sshd").exists()
