@@ -126,3 +126,22 @@ def stop(proc: subprocess.Popen | None, deadline: float = 15) -> None:
         except ProcessLookupError:
             pass
         proc.wait(5)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def deploy_all(api_url: str, root: Path = REPO_ROOT, version: str | None = None,
+               **extra_env: str) -> subprocess.CompletedProcess:
+    """``prefect --no-prompt deploy --all`` from ``root``'s prefect.yaml against ``api_url``.
+
+    ``PAMFLOW_ROOT`` (used by prefect.yaml's pull step) is set to ``root``.
+    """
+    args = ["--no-prompt", "deploy", "--all"]
+    if version:
+        args += ["--version", version]
+    env = {"PAMFLOW_ROOT": str(root), **extra_env}
+    res = run_prefect(args, api_url, cwd=root, check=False, **env)
+    if res.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
