@@ -1,9 +1,218 @@
-"""CLI commands: up, status, robots (filled in by the platform work)."""
+"""CLI commands: ``up`` (run the platform), ``status`` and ``robots`` (the panel)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+DEFAULT_PORT = 4200
+GATEWAY_PORT = 4280
+
+
+def _fmt_time(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _api_healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def up(
+    port: int = typer.Option(DEFAULT_PORT, help="Port of the local Prefect server."),
+    gateway_port: int = typer.Option(GATEWAY_PORT, help="Port of the webhook gateway."),
+    no_gateway: bool = typer.Option(False, "--no-gateway", help="Do not start the gateway."),
+    no_worker: bool = typer.Option(False, "--no-worker", help="Do not start a worker."),
+) -> None:
+    """Run the whole platform: Prefect server, work pool, every robot deployed, worker, gateway.
+
+    With PREFECT_API_URL set to a reachable server, that server is used instead of starting
+    one. Ctrl-C stops everything this command started.
+    """
+    from pamflow import db, platform
+    from pamflow.config import data_dir
+    from pamflow.vault import vault
+
+    home = data_dir()
+    os.environ.setdefault("PAMFLOW_HOME", str(home))
+    os.environ.update(platform.QUIET_ENV)
+    started: list[tuple[str, subprocess.Popen]] = []
+    stopping = threading.Event()
+
+    def shutdown(*_args) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        console.print("\n[bold]Stopping pamflow…[/bold]")
+        for name, proc in reversed(started):
+            platform.stop(proc, deadline=20)
+            console.print(f"  stopped {name}")
+
+    signal.signal(signal.SIGTERM, lambda *_: (shutdown(), sys.exit(0)))
+    try:
+        db.store()
+        vault()
+        console.print(f"store: {db.store().url.render_as_string(hide_password=True)}")
+
+        api_url = os.environ.get("PREFECT_API_URL")
+        if api_url:
+            if not _api_healthy(api_url):
+                console.print(f"[red]PREFECT_API_URL={api_url} does not answer /health[/red]")
+                raise typer.Exit(1)
+            console.print(f"using the Prefect server at {api_url}")
+        else:
+            api_url = f"http://127.0.0.1:{port}/api"
+            if _api_healthy(api_url):
+                console.print(f"a Prefect server already answers at {api_url}; using it")
+            else:
+                console.print(f"starting Prefect server on 127.0.0.1:{port} "
+                              f"(SQLite in {home / 'prefect'})…")
+                server = platform.start_server(home / "prefect", port)
+                started.append(("prefect server", server))
+                platform.wait_healthy(api_url, timeout=120, proc=server)
+            os.environ["PREFECT_API_URL"] = api_url
+
+        platform.ensure_work_pool(api_url)
+        console.print("deploying every robot in prefect.yaml…")
+        platform.deploy_all(api_url, version=_git_version())
+        if not no_worker:
+            worker = platform.start_worker(api_url, log_path=home / "worker.log")
+            started.append(("worker", worker))
+        if not no_gateway:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "pamflow.cli", "webhooks", "serve",
+                 "--host", "127.0.0.1", "--port", str(gateway_port)],
+                env={**os.environ, "PREFECT_API_URL": api_url},
+                stdout=open(home / "gateway.log", "ab"),  # noqa: SIM115
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            started.append(("webhook gateway", gateway))
+        ui = api_url.removesuffix("/api")
+        console.print(f"\n[bold green]pamflow is up.[/bold green] Prefect UI: {ui}")
+        if not no_gateway:
+            console.print(f"webhooks: http://127.0.0.1:{gateway_port}/hooks/<source>")
+        console.print(f"logs: {home}/*.log — Ctrl-C stops everything.\n")
+        _print_robots()
+        while not stopping.is_set():
+            for name, proc in started:
+                if proc.poll() is not None:
+                    console.print(f"[red]{name} exited with code {proc.returncode}[/red]")
+                    raise typer.Exit(1)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown()
+
+
+def _git_version() -> str | None:
+    from pamflow.platform import REPO_ROOT
+
+    if shutil.which("git") is None:
+        return None
+    res = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+    return res.stdout.strip() or None
+
+
+def _print_robots() -> None:
+    from prefect.client.orchestration import get_client
+
+    from pamflow.panel import robot_rows
+
+    with get_client(sync_client=True) as client:
+        rows = robot_rows(client)
+    table = Table(title="Execution processes", title_justify="left")
+    for col in ("family", "robot", "schedule", "window", "events", "simult.", "status",
+                "last run", "last time", "next run"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.family, r.name, r.schedule, r.window, r.triggers or "—", r.instances,
+                      "[yellow]paused[/yellow]" if r.status == "paused" else "active",
+                      r.last_state, _fmt_time(r.last_time), _fmt_time(r.next_run))
+    console.print(table)
+    if not rows:
+        console.print("no robots deployed yet: run `pamflow up`")
+
+
+def robots() -> None:
+    """The execution-process panel: every robot, its schedule, instances, state and runs."""
+    from pamflow.config import data_dir  # noqa: F401  (ensures data dir exists)
+
+    api = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/api"
+    if not _api_healthy(api):
+        console.print(f"[red]no Prefect API at {api}[/red]: start it with `pamflow up` "
+                      "or set PREFECT_API_URL")
+        raise typer.Exit(1)
+    os.environ["PREFECT_API_URL"] = api
+    _print_robots()
+
+
+def status() -> None:
+    """Health of the platform: store, Prefect API, work pool and workers, gateway."""
+    import httpx
+
+    from pamflow import db
+    from pamflow.config import data_dir
+
+    ok = True
+    engine = db.store()
+    console.print(f"store      {engine.url.render_as_string(hide_password=True)}  [green]ok[/green]")
+    console.print(f"data dir   {data_dir()}")
+    api = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/api"
+    if _api_healthy(api):
+        console.print(f"prefect    {api}  [green]healthy[/green]")
+        os.environ["PREFECT_API_URL"] = api
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            deployments = client.read_deployments()
+            try:
+                workers = client.read_workers_for_work_pool("process")
+                online = [w for w in workers if str(w.status).upper().endswith("ONLINE")]
+                console.print(f"work pool  process: {len(online)} worker(s) online")
+                ok &= bool(online)
+            except Exception as exc:  # noqa: BLE001 - report, do not crash the status page
+                console.print(f"work pool  process: [red]{exc.__class__.__name__}[/red]")
+                ok = False
+            console.print(f"robots     {len(deployments)} deployed, "
+                          f"{sum(d.paused for d in deployments)} paused")
+    else:
+        console.print(f"prefect    {api}  [red]not answering[/red]")
+        ok = False
+    gw = os.environ.get("PAMFLOW_GATEWAY_URL") or f"http://127.0.0.1:{GATEWAY_PORT}"
+    try:
+        healthy = httpx.get(f"{gw}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    console.print(f"gateway    {gw}  " + ("[green]healthy[/green]" if healthy
+                                          else "[yellow]not answering[/yellow]"))
+    raise typer.Exit(0 if ok else 1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``up``, ``status`` and ``robots`` to ``app``."""
+    app.command()(up)
+    app.command()(status)
+    app.command()(robots)
+

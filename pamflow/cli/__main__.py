@@ -1,0 +1,3 @@
+from pamflow.cli import main
+
+main()
