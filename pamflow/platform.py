@@ -22,6 +22,7 @@ QUIET_ENV = {
     "PREFECT_UI_ENABLED": "true",
 }
 WORK_POOL = "process"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
@@ -97,6 +98,15 @@ def ensure_work_pool(api_url: str, name: str = WORK_POOL) -> None:
         run_prefect(["work-pool", "create", name, "--type", "process"], api_url)
 
 
+BLOCK_MODULES = ("blocks.password_policy",)
+
+
+def register_blocks(api_url: str) -> None:
+    """Register pamflow's block types so the UI offers them (Blocks > +)."""
+    for module in BLOCK_MODULES:
+        run_prefect(["block", "register", "-m", module], api_url, cwd=REPO_ROOT)
+
+
 def start_worker(api_url: str, pool: str = WORK_POOL, log_path: Path | None = None,
                  query_seconds: float = 2, **extra_env: str) -> subprocess.Popen:
     env = prefect_env(api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds), **extra_env)
@@ -128,7 +138,6 @@ def stop(proc: subprocess.Popen | None, deadline: float = 15) -> None:
         proc.wait(5)
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def deploy_all(api_url: str, root: Path = REPO_ROOT, version: str | None = None,

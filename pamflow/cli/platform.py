@@ -92,6 +92,7 @@ def up(
             os.environ["PREFECT_API_URL"] = api_url
 
         platform.ensure_work_pool(api_url)
+        platform.register_blocks(api_url)
         console.print("deploying every robot in prefect.yaml…")
         platform.deploy_all(api_url, version=_git_version())
         if not no_worker:
