@@ -21,9 +21,12 @@ os.environ.update(
 )
 os.environ.pop("PAMFLOW_DATABASE_URL", None)
 
-from tests.fixtures.prefect_server import reserve_prefect_api  # noqa: E402
+from pamflow.platform import free_port  # noqa: E402
 
-reserve_prefect_api(_HOME)
+# the session's Prefect server (tests/fixtures/prefect_server.py) starts on this port on first use
+_PREFECT_PORT = free_port()
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PREFECT_PORT}/api"
+os.environ["PAMFLOW_TEST_PREFECT_SERVER_HOME"] = str(_HOME / "prefect-server")
 
 pytest_plugins = [
     "tests.fixtures.stores",
