@@ -32,4 +32,6 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.prefect_server",
     "tests.fixtures.sshd",
+    "tests.fixtures.winrm",
+    "tests.fixtures.slapd",
 ]
