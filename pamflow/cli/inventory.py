@@ -1,9 +1,443 @@
-"""CLI commands: inventory (filled in by its issue's work)."""
+"""CLI commands: ``devices``, ``credentials`` and ``import FILE``.
+
+``credentials add`` reads the secret from a hidden prompt (or the first line of stdin when
+stdin is not a terminal), never from the command line; ``credentials show`` prints the
+secret only with ``--show-secret``, and records that it did in the audit log.
+"""
 
 from __future__ import annotations
 
+import getpass
+import os
+import sys
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+devices_app = typer.Typer(help="Managed devices: add, list, show.", no_args_is_help=True)
+credentials_app = typer.Typer(help="Credentials on devices: add, list, show.", no_args_is_help=True)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no user name in this environment
+        return "cli"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]{message}[/red]", highlight=False)
+    raise typer.Exit(code)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M UTC")
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "—"
+    return str(value)
+
+
+def _find_device(s, ref: str, tenant: str | None):
+    """A device by id, address or name (``tenant`` narrows); exits with a clear reason."""
+    from sqlmodel import select
+
+    from pamflow.importer import normalize_address
+    from pamflow.models import Device
+
+    if ref.isdigit():
+        dev = s.get(Device, int(ref))
+        if dev is None:
+            _fail(f"no device with id {ref}")
+        return dev
+    address = normalize_address(ref)
+    matches = []
+    if address is not None:
+        query = select(Device).where(Device.address == address)
+        if tenant:
+            query = query.where(Device.tenant == tenant)
+        matches = list(s.exec(query))
+    if not matches:
+        query = select(Device).where(Device.name == ref)
+        if tenant:
+            query = query.where(Device.tenant == tenant)
+        matches = list(s.exec(query))
+    if not matches:
+        _fail(f"no device {ref!r}" + (f" in tenant {tenant!r}" if tenant else ""))
+    if len(matches) > 1:
+        tenants = ", ".join(sorted({f"{d.tenant} (id {d.id})" for d in matches}))
+        _fail(f"{ref!r} names several devices: {tenants}; give --tenant or the id")
+    return matches[0]
+
+
+def _row_errors(errors) -> None:
+    for e in errors:
+        err.print(f"[red]{e.column}: {e.reason}[/red]", highlight=False)
+    raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------
+# devices
+
+
+@devices_app.command("add")
+def devices_add(
+    address: str = typer.Argument(..., help="IP address or host name."),
+    name: str = typer.Option(None, help="Display name (default: the address)."),
+    platform: str = typer.Option("linux", help="linux, unix, windows, ldap or network."),
+    ports: str = typer.Option(None, help='Ports, e.g. "22" or "5985;3389" (default by platform).'),
+    site: str = typer.Option(None),
+    tenant: str = typer.Option("default"),
+    change_protocol: str = typer.Option(None, help="ssh, winrm or ldap (default from platform)."),
+    external_id: str = typer.Option(None),
+) -> None:
+    """Register a device."""
+    from sqlmodel import select
+
+    from pamflow import audit, db, importer
+    from pamflow.models import Device
+
+    cells = {"address": address, "name": name or "", "platform": platform, "ports": ports or "",
+             "site": site or "", "tenant": tenant, "change_protocol": change_protocol or "",
+             "external_id": external_id or ""}
+    row = importer.validate_row(0, cells)
+    if isinstance(row, list):
+        _row_errors(row)
+    engine = db.store()
+    with db.session(engine) as s:
+        existing = s.exec(select(Device).where(Device.tenant == row.tenant,
+                                               Device.address == row.address)).first()
+        if existing is not None:
+            _fail(f"device {row.address} already exists in tenant {row.tenant} (id {existing.id})")
+    out = importer.write_rows([row], engine, source="manual")
+    if out.errors:
+        _row_errors(out.errors)
+    with db.session(engine) as s:
+        dev = s.exec(select(Device).where(Device.tenant == row.tenant,
+                                          Device.address == row.address)).one()
+        audit.record(s, _actor(), "create", "device", dev.id,
+                     {"address": dev.address, "tenant": dev.tenant, "platform": dev.platform})
+        s.commit()
+    console.print(f"device {dev.id} added: {dev.name} ({dev.address}, {dev.platform}, "
+                  f"ports {_fmt(dev.ports)}, tenant {dev.tenant})", highlight=False)
+
+
+@devices_app.command("list")
+def devices_list(
+    tenant: str = typer.Option(None),
+    site: str = typer.Option(None),
+    platform: str = typer.Option(None),
+    search: str = typer.Option(None, help="Part of the name or address."),
+    limit: int = typer.Option(200, help="At most this many devices."),
+) -> None:
+    """List devices with their connectivity and number of credentials."""
+    import sqlalchemy as sa
+    from sqlmodel import select
+
+    from pamflow import db
+    from pamflow.models import Credential, Device
+
+    with db.session() as s:
+        query = select(Device)
+        if tenant:
+            query = query.where(Device.tenant == tenant)
+        if site:
+            query = query.where(Device.site == site)
+        if platform:
+            query = query.where(Device.platform == platform.lower())
+        if search:
+            like = f"%{search}%"
+            query = query.where(sa.or_(Device.name.like(like), Device.address.like(like)))
+        total = s.exec(select(sa.func.count()).select_from(query.subquery())).one()
+        devices = list(s.exec(query.order_by(Device.tenant, Device.name, Device.id).limit(limit)))
+        counts = dict(s.exec(
+            select(Credential.device_id, sa.func.count()).where(
+                Credential.device_id.in_([d.id for d in devices])).group_by(Credential.device_id)
+        ).all()) if devices else {}
+    table = Table(title=f"Devices ({len(devices)} of {total})", title_justify="left")
+    for col in ("id", "name", "address", "platform", "ports", "site", "tenant", "connectivity",
+                "credentials", "source"):
+        table.add_column(col, justify="right" if col in ("id", "credentials") else "left")
+    for d in devices:
+        table.add_row(str(d.id), d.name, d.address, d.platform, _fmt(d.ports), _fmt(d.site),
+                      d.tenant, d.connectivity, str(counts.get(d.id, 0)), d.source)
+    console.print(table)
+
+
+@devices_app.command("show")
+def devices_show(
+    device: str = typer.Argument(..., help="Device id, address or name."),
+    tenant: str = typer.Option(None),
+) -> None:
+    """A device's details and its credentials (never their secrets)."""
+    from sqlmodel import select
+
+    from pamflow import db
+    from pamflow.models import Credential
+
+    with db.session() as s:
+        dev = _find_device(s, device, tenant)
+        creds = list(s.exec(select(Credential).where(Credential.device_id == dev.id)
+                            .order_by(Credential.username)))
+    table = Table(show_header=False, title=f"Device {dev.id}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for field in ("name", "address", "platform", "ports", "site", "tenant", "source", "external_id",
+                  "change_protocol", "maintenance_mode", "active", "connectivity",
+                  "connectivity_detail", "last_seen_at", "last_checked_at", "created_at",
+                  "updated_at"):
+        table.add_row(field, _fmt(getattr(dev, field)))
+    console.print(table)
+    _print_credentials(creds, {dev.id: dev})
+
+
+# ---------------------------------------------------------------------------------------
+# credentials
+
+
+def _read_secret() -> str:
+    if sys.stdin.isatty():
+        return typer.prompt("Secret", hide_input=True, confirmation_prompt=True)
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n")
+
+
+@credentials_app.command("add")
+def credentials_add(
+    device: str = typer.Argument(..., help="Device id, address or name."),
+    username: str = typer.Argument(...),
+    tenant: str = typer.Option(None, help="The device's tenant, when the address is ambiguous."),
+    kind: str = typer.Option("local", help="local, domain or service."),
+    change_interval_days: int = typer.Option(None, help="Days between automatic changes."),
+    policy: str = typer.Option(None, help="Password policy name."),
+    generate: bool = typer.Option(False, "--generate",
+                                  help="Generate the secret by the default policy instead of "
+                                       "reading it (it is not printed)."),
+) -> None:
+    """Add a credential. The secret is read from a hidden prompt or stdin, never an argument."""
+    from sqlmodel import select
+
+    from pamflow import audit, db, importer
+    from pamflow.models import Credential
+
+    engine = db.store()
+    with db.session(engine) as s:
+        dev = _find_device(s, device, tenant)
+        exists = s.exec(select(Credential).where(Credential.device_id == dev.id,
+                                                 Credential.username == username.strip())).first()
+        if exists is not None:
+            _fail(f"credential {username}@{dev.address} already exists (id {exists.id})")
+    if generate:
+        from pamflow.passwords import PasswordPolicy
+
+        secret = PasswordPolicy().generate()
+    else:
+        secret = _read_secret()
+        if not secret:
+            _fail("no secret given (type it at the prompt or pipe it on stdin)")
+    cells = {"address": dev.address, "tenant": dev.tenant, "username": username, "secret": secret,
+             "kind": kind, "change_interval_days": str(change_interval_days or ""),
+             "policy": policy or ""}
+    row = importer.validate_row(0, cells)
+    if isinstance(row, list):
+        _row_errors(row)
+    out = importer.write_rows([row], engine, source="manual")
+    if out.errors:
+        _row_errors(out.errors)
+    with db.session(engine) as s:
+        cred = s.exec(select(Credential).where(Credential.device_id == dev.id,
+                                               Credential.username == row.username)).one()
+        audit.record(s, _actor(), "create", "credential", cred.id,
+                     {"device_id": dev.id, "username": cred.username, "kind": cred.kind})
+        s.commit()
+    console.print(f"credential {cred.id} added: {cred.username}@{dev.address} ({cred.kind}), "
+                  "secret stored encrypted", highlight=False)
+
+
+def _print_credentials(creds, devices: dict) -> None:
+    table = Table(title=f"Credentials ({len(creds)})", title_justify="left")
+    for col in ("id", "device", "username", "kind", "status", "version", "interval",
+                "last changed", "expires", "auto"):
+        table.add_column(col, justify="right" if col in ("id", "version", "interval") else "left")
+    for c in creds:
+        dev = devices.get(c.device_id)
+        table.add_row(str(c.id), f"{dev.name} ({dev.address})" if dev else str(c.device_id),
+                      c.username, c.kind, c.status, str(c.secret_version),
+                      _fmt(c.change_interval_days), _fmt(c.last_changed_at), _fmt(c.expires_at),
+                      "yes" if c.auto_change else "no")
+    console.print(table)
+
+
+@credentials_app.command("list")
+def credentials_list(
+    device: str = typer.Option(None, help="Only this device (id, address or name)."),
+    tenant: str = typer.Option(None),
+    status: str = typer.Option(None, help="ok, unverified, invalid or expired."),
+    limit: int = typer.Option(200),
+) -> None:
+    """List credentials (never their secrets)."""
+    from sqlmodel import select
+
+    from pamflow import db
+    from pamflow.models import Credential, Device
+
+    with db.session() as s:
+        query = select(Credential)
+        if device:
+            query = query.where(Credential.device_id == _find_device(s, device, tenant).id)
+        elif tenant:
+            query = query.join(Device, Device.id == Credential.device_id).where(Device.tenant == tenant)
+        if status:
+            query = query.where(Credential.status == status)
+        creds = list(s.exec(query.order_by(Credential.device_id, Credential.username).limit(limit)))
+        ids = {c.device_id for c in creds}
+        devices = {d.id: d for d in s.exec(select(Device).where(Device.id.in_(ids)))} if ids else {}
+    _print_credentials(creds, devices)
+
+
+@credentials_app.command("show")
+def credentials_show(
+    credential: str = typer.Argument(..., help="Credential id, or a device (id, address, name)."),
+    username: str = typer.Argument(None, help="The username, when a device is given."),
+    tenant: str = typer.Option(None),
+    show_secret: bool = typer.Option(False, "--show-secret",
+                                     help="Print the decrypted secret (recorded in the audit log)."),
+) -> None:
+    """A credential's details; the secret only with --show-secret."""
+    from sqlmodel import select
+
+    from pamflow import audit, db
+    from pamflow.models import Credential, Device
+    from pamflow.vault import VaultError, vault
+
+    with db.session() as s:
+        if username is None:
+            if not credential.isdigit():
+                _fail("give a credential id, or a device and a username")
+            cred = s.get(Credential, int(credential))
+            if cred is None:
+                _fail(f"no credential with id {credential}")
+            dev = s.get(Device, cred.device_id)
+        else:
+            dev = _find_device(s, credential, tenant)
+            cred = s.exec(select(Credential).where(Credential.device_id == dev.id,
+                                                   Credential.username == username)).first()
+            if cred is None:
+                _fail(f"no credential {username!r} on {dev.name} ({dev.address})")
+        secret_text = "********" if cred.secret else "— (none stored)"
+        if show_secret and cred.secret:
+            try:
+                secret_text = vault().decrypt(cred.secret)
+            except VaultError as exc:
+                _fail(f"cannot decrypt the secret of {cred.username}@{dev.address}: {exc}")
+            audit.record(s, _actor(), "secret_viewed", "credential", cred.id,
+                         {"device_id": dev.id, "username": cred.username})
+            s.commit()
+    table = Table(show_header=False, title=f"Credential {cred.id}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("device", f"{dev.name} ({dev.address}, tenant {dev.tenant}, id {dev.id})")
+    for field in ("username", "kind", "status", "status_detail", "secret_version", "policy",
+                  "change_interval_days", "auto_change", "last_changed_at", "last_verified_at",
+                  "expires_at", "created_at", "updated_at"):
+        table.add_row(field, _fmt(getattr(cred, field)))
+    table.add_row("change pending", "yes" if cred.pending_secret else "no")
+    table.add_row("secret", secret_text)
+    console.print(table, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------
+# import
+
+
+def _prefect_api() -> str | None:
+    """The reachable Prefect API (``PREFECT_API_URL`` or the local default), or None."""
+    from pamflow.cli.platform import DEFAULT_PORT, _api_healthy
+
+    api = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/api"
+    return api if _api_healthy(api) else None
+
+
+def import_(
+    file: Path = typer.Argument(..., help="The spreadsheet: .csv or .xlsx."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when any row was rejected."),
+    no_prefect: bool = typer.Option(False, "--no-prefect",
+                                    help="Import directly, without recording a Prefect flow run."),
+) -> None:
+    """Import devices and credentials from a spreadsheet (the batch import robot, in-process).
+
+    The run is recorded in Prefect when its API answers. Exit code 2 when the file cannot
+    be read at all (nothing is imported); with --strict, 1 when rows were rejected.
+    """
+    from pamflow import importer
+
+    path = file.expanduser().resolve()
+    api = None if no_prefect else _prefect_api()
+    try:
+        if api:
+            os.environ["PREFECT_API_URL"] = api
+            from flows.batch_import import batch_import_processing
+
+            summary = batch_import_processing(str(path))
+            errors = _read_error_file(summary.get("error_file"))
+        else:
+            if not no_prefect:
+                console.print("[yellow]no Prefect API answers: importing without a flow run"
+                              "[/yellow]")
+            result = importer.import_file(path, actor=_actor())
+            summary, errors = result.summary(), [e.as_dict() for e in result.errors]
+    except importer.ImportFileError as exc:
+        _fail(f"cannot import: {exc}", code=2)
+    _print_summary(summary, errors)
+    if strict and summary["rejected"]:
+        raise typer.Exit(1)
+
+
+def _read_error_file(path: str | None) -> list[dict]:
+    if not path:
+        return []
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _print_summary(summary: dict, errors: list[dict], shown: int = 20) -> None:
+    table = Table(title=f"Import of {Path(summary['path']).name} ({summary['format']})",
+                  title_justify="left")
+    for col in ("rows", "created", "updated", "unchanged", "rejected"):
+        table.add_column(col, justify="right")
+    table.add_row(*(str(summary[c]) for c in ("rows", "created", "updated", "unchanged",
+                                               "rejected")))
+    console.print(table)
+    console.print(f"devices: {summary['devices_created']} created, {summary['devices_updated']} "
+                  f"updated; credentials: {summary['credentials_created']} created, "
+                  f"{summary['credentials_updated']} updated", highlight=False)
+    if summary.get("empty"):
+        console.print("[yellow]the file has no data rows: nothing imported[/yellow]")
+    if summary.get("ignored_columns"):
+        console.print("ignored columns: " + ", ".join(summary["ignored_columns"]), highlight=False)
+    if summary["rejected"]:
+        console.print(f"[red]{summary['rejected']} rows rejected[/red]; all errors in "
+                      f"{summary['error_file']}", highlight=False)
+        table = Table(title=f"Rejected rows (first {min(shown, len(errors))} of {len(errors)} errors)",
+                      title_justify="left")
+        for col in ("row", "column", "reason"):
+            table.add_column(col)
+        for e in errors[:shown]:
+            table.add_row(str(e["row"]), e["column"], e["reason"])
+        console.print(table, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``devices``, ``credentials`` and ``import`` to ``app``."""
+    app.add_typer(devices_app, name="devices")
+    app.add_typer(credentials_app, name="credentials")
+    app.command("import")(import_)

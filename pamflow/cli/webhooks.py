@@ -1,9 +1,115 @@
-"""CLI commands: webhooks (filled in by its issue's work)."""
+"""CLI commands: ``pamflow webhooks add-source | rotate-secret | remove-source | list | serve``."""
 
 from __future__ import annotations
 
 import typer
 
+webhooks_app = typer.Typer(help="The webhook gateway: sources, their secrets, and the server.",
+                           no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@webhooks_app.command("add-source")
+def add_source(name: str = typer.Argument(..., help="Source name: the {source} of /hooks/{source} "
+                                                       "and of the events pam.<source>.<event>.")) -> None:
+    """Create a source and print its secret (shown this once; stored encrypted)."""
+    from pamflow import db
+    from pamflow.webhooks.sources import SourceError
+    from pamflow.webhooks.sources import add_source as add
+
+    try:
+        secret = add(db.store(), name)
+    except SourceError as exc:
+        _fail(str(exc))
+    typer.echo(f"source {name} created; its secret (shown once, keep it in the caller's secret store):")
+    typer.echo(secret)
+
+
+@webhooks_app.command("rotate-secret")
+def rotate_secret(
+    name: str,
+    grace_seconds: int = typer.Option(0, "--grace-seconds", min=0, max=7 * 86400,
+                                      help="Keep accepting the old secret this long (default: "
+                                           "refuse it as soon as gateways refresh, within ~1 s)."),
+) -> None:
+    """Give a source a new secret and print it (shown this once)."""
+    from pamflow import db
+    from pamflow.webhooks.sources import SourceError
+    from pamflow.webhooks.sources import rotate_secret as rotate
+
+    try:
+        secret = rotate(db.store(), name, grace_seconds)
+    except SourceError as exc:
+        _fail(str(exc))
+    old = (f"the old one is accepted for {grace_seconds} more seconds" if grace_seconds
+           else "the old one is refused from now on")
+    typer.echo(f"source {name}: new secret (shown once); {old}:")
+    typer.echo(secret)
+
+
+@webhooks_app.command("remove-source")
+def remove_source(name: str) -> None:
+    """Delete a source: its calls are refused from now on."""
+    from pamflow import db
+    from pamflow.webhooks.sources import SourceError
+    from pamflow.webhooks.sources import remove_source as remove
+
+    try:
+        remove(db.store(), name)
+    except SourceError as exc:
+        _fail(str(exc))
+    typer.echo(f"source {name} removed")
+
+
+@webhooks_app.command("list")
+def list_sources() -> None:
+    """The sources (never their secrets) and the events each may send."""
+    from pamflow import db
+    from pamflow.webhooks.schemas import EVENT_SCHEMAS
+    from pamflow.webhooks.sources import list_sources as listing
+
+    rows = listing(db.store())
+    if not rows:
+        typer.echo("no webhook sources; add one with: pamflow webhooks add-source NAME")
+        return
+    typer.echo(f"{'SOURCE':<20} {'VERSION':>7}  {'ROTATED':<25} EVENTS")
+    for s in rows:
+        events = [e for e in EVENT_SCHEMAS if e.startswith(f"pam.{s.name}.")]
+        rotated = s.rotated_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.rotated_at else "never"
+        grace = " (old secret in grace)" if s.previous_valid_until else ""
+        typer.echo(f"{s.name:<20} {s.secret_version:>7}  {rotated:<25} "
+                   f"{', '.join(events) or '(no event types registered)'}{grace}")
+
+
+@webhooks_app.command("serve")
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(4280, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes (each forwards its outbox "
+                                               "rows; leases keep them from double-sending)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Run the webhook gateway (POST /hooks/{source}, GET /health); forwards to PREFECT_API_URL."""
+    import logging
+
+    import uvicorn
+
+    from pamflow import db
+    from pamflow.webhooks.outbox import prefect_api_url
+
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db.store()  # migrate once, before the workers start
+    typer.echo(f"webhook gateway on http://{host}:{port}/hooks/<source>, forwarding to "
+               f"{prefect_api_url()}/events")
+    uvicorn.run("pamflow.webhooks.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level, access_log=False, lifespan="on")
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``pamflow webhooks ...`` to ``app``."""
+    app.add_typer(webhooks_app, name="webhooks")

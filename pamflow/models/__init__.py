@@ -13,6 +13,7 @@ from .inventory import (
 )
 from .operations import Operation, OperationKind, OperationState
 from .system import AuditLog, Notification, SystemParameter
+from .webhooks import WebhookDelivery, WebhookSource
 
 __all__ = [
     "AccessGroup",
@@ -34,5 +35,7 @@ __all__ = [
     "SessionEvent",
     "SystemParameter",
     "User",
+    "WebhookDelivery",
+    "WebhookSource",
     "utcnow",
 ]

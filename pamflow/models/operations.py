@@ -42,6 +42,15 @@ class Operation(SQLModel, table=True):
             sqlite_where=sa.text("state = 'running'"),
             postgresql_where=sa.text("state = 'running'"),
         ),
+        # enqueue coalesces: one queued operation of a kind per credential
+        sa.Index(
+            "uq_operation_queued_credential_kind",
+            "credential_id",
+            "kind",
+            unique=True,
+            sqlite_where=sa.text("state = 'queued'"),
+            postgresql_where=sa.text("state = 'queued'"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -54,6 +63,7 @@ class Operation(SQLModel, table=True):
     expires_at: datetime | None = None
     attempts: int = 0
     max_attempts: int = 5
+    retryable: bool = False  # set by a failure that trying later may fix (Retry re-queues it)
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     step: str | None = None  # last protocol step reached (write-ahead)

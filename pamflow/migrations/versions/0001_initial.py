@@ -111,6 +111,38 @@ def upgrade() -> None:
     sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('key')
     )
+    op.create_table('webhook_delivery',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('event_id', sa.String(length=36), nullable=False),
+    sa.Column('source', sa.String(length=63), nullable=False),
+    sa.Column('delivery_id', sa.String(length=128), nullable=False),
+    sa.Column('event', sa.String(length=200), nullable=False),
+    sa.Column('payload', sa.JSON(), nullable=False),
+    sa.Column('received_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('delivered_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('lease_until', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('event_id'),
+    sa.UniqueConstraint('source', 'delivery_id', name='uq_webhook_delivery_source_delivery')
+    )
+    with op.batch_alter_table('webhook_delivery', schema=None) as batch_op:
+        batch_op.create_index('ix_webhook_delivery_pending', ['delivered_at', 'lease_until'], unique=False)
+
+    op.create_table('webhook_source',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=63), nullable=False),
+    sa.Column('secret', sa.Text(), nullable=False),
+    sa.Column('previous_secret', sa.Text(), nullable=True),
+    sa.Column('previous_valid_until', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('secret_version', sa.Integer(), nullable=False),
+    sa.Column('enabled', sa.Boolean(), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('rotated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('name')
+    )
     op.create_table('access_group_member',
     sa.Column('group_id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -204,6 +236,7 @@ def upgrade() -> None:
     sa.Column('expires_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('max_attempts', sa.Integer(), nullable=False),
+    sa.Column('retryable', sa.Boolean(), nullable=False),
     sa.Column('lease_owner', sa.String(), nullable=True),
     sa.Column('lease_expires_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.Column('step', sa.String(), nullable=True),
@@ -224,6 +257,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_operation_credential_id'), ['credential_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_operation_device_id'), ['device_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_operation_kind'), ['kind'], unique=False)
+        batch_op.create_index('uq_operation_queued_credential_kind', ['credential_id', 'kind'], unique=True, sqlite_where=sa.text("state = 'queued'"), postgresql_where=sa.text("state = 'queued'"))
         batch_op.create_index('uq_operation_running_credential', ['credential_id'], unique=True, sqlite_where=sa.text("state = 'running'"), postgresql_where=sa.text("state = 'running'"))
 
     op.create_table('password_reservation',
@@ -301,6 +335,7 @@ def downgrade() -> None:
     op.drop_table('password_reservation')
     with op.batch_alter_table('operation', schema=None) as batch_op:
         batch_op.drop_index('uq_operation_running_credential', sqlite_where=sa.text("state = 'running'"), postgresql_where=sa.text("state = 'running'"))
+        batch_op.drop_index('uq_operation_queued_credential_kind', sqlite_where=sa.text("state = 'queued'"), postgresql_where=sa.text("state = 'queued'"))
         batch_op.drop_index(batch_op.f('ix_operation_kind'))
         batch_op.drop_index(batch_op.f('ix_operation_device_id'))
         batch_op.drop_index(batch_op.f('ix_operation_credential_id'))
@@ -327,6 +362,11 @@ def downgrade() -> None:
 
     op.drop_table('certificate')
     op.drop_table('access_group_member')
+    op.drop_table('webhook_source')
+    with op.batch_alter_table('webhook_delivery', schema=None) as batch_op:
+        batch_op.drop_index('ix_webhook_delivery_pending')
+
+    op.drop_table('webhook_delivery')
     op.drop_table('system_parameter')
     op.drop_table('pam_user')
     with op.batch_alter_table('notification', schema=None) as batch_op:

@@ -1,0 +1,1024 @@
+"""Batch import of devices and credentials from a spreadsheet (CSV or XLSX).
+
+The domain side of the "Batch import processing" robot: no Prefect here. The robot
+(``flows/batch_import.py``) and ``pamflow import FILE`` both use it.
+
+File
+----
+``.csv`` (UTF-8, with or without BOM, or Windows-1252; delimiter ``,`` ``;`` or tab, taken
+from the header line; an Excel ``sep=;`` first line is honoured) or ``.xlsx`` (the first
+worksheet). The first non-blank row is the header; row numbers in reports count it as
+row 1, as a spreadsheet program shows them. Blank rows are skipped. Anything else (a
+binary file, a corrupt workbook, another extension such as ``.xls``) is refused with
+:class:`ImportFileError` before anything is written.
+
+Columns (header names are case-insensitive; spaces and dashes count as ``_``)
+-----------------------------------------------------------------------------
+======================== ==========================================================
+``address`` (required)   IPv4/IPv6 address or host name (aliases ``ip``, ``host``,
+                         ``hostname``). With ``tenant``, the device's key.
+``name``                 Display name (default: the address).
+``platform``             ``linux`` (default), ``unix``, ``windows``, ``ldap``, ``network``.
+``ports``                Ports to probe, ``22;3389``, ``22,443`` or ``22 443``
+                         (default by platform: 22, windows 5985, ldap 389).
+``site``                 Free text.
+``tenant``               Tenant (default ``default``).
+``change_protocol``      ``ssh``, ``winrm`` or ``ldap`` (default: from the platform).
+``external_id``          The device's id in the source system.
+``username``             Account on the device (aliases ``user``, ``account``, ``login``).
+                         With the device, the credential's key. Empty: a device-only row.
+``secret``               The account's password (alias ``password``), at most 1,024
+                         characters, no line breaks. Encrypted with the vault at once;
+                         never echoed in a report.
+``kind``                 ``local`` (default), ``domain`` or ``service``.
+``change_interval_days`` Days between automatic changes (1-3650).
+``policy``               Password policy name (default ``default``).
+``auto_change``          ``true``/``false``, ``yes``/``no``, ``1``/``0``.
+======================== ==========================================================
+
+Other columns are ignored and named in the result. A cell longer than 4,096 characters
+rejects its row. An empty optional cell means "keep what the store has" on an update and
+"the default" on a create; a column cannot blank a stored value.
+
+Rows
+----
+Each row is validated completely before anything is written. A bad row is reported with
+its row number, column and reason (never a secret's value) and written to
+``<input stem>.errors.csv`` beside the input (columns ``row, column, reason``). A second
+row with the same tenant, address and username is a duplicate and is rejected; a row
+whose device fields disagree with an earlier row for the same device is rejected too.
+
+Rows are upserted idempotently: a device is keyed by ``(tenant, address)``, a credential
+by ``(device, username)``. Only real differences are written (a secret is compared with
+the decrypted stored one), so importing the same file again changes nothing — no new
+rows, no new ciphertexts, no ``updated_at`` bumps. A changed secret keeps the previous one
+in the credential history; a credential with a password change in progress is refused.
+
+Writes go in chunks, one transaction each (a row's device and credential always in the
+same transaction). When a chunk's transaction fails, its rows are retried one
+transaction per row, so the offending row is isolated and reported and the others land.
+Each import writes one audit record and queues a "Batch import finished" notification.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import re
+import sys
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .models import Credential, CredentialHistory, Device, utcnow
+from .vault import Vault, VaultError, vault
+
+MAX_CELL = 4096
+MAX_SECRET = 1024
+MAX_TEXT = 255
+MAX_PORTS = 64
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_ROWS = 1_000_000
+CHUNK_SIZE = 5000
+_QUERY_BATCH = 2000  # keys per IN (...) when preloading
+
+PLATFORMS = {"linux": [22], "unix": [22], "windows": [5985], "ldap": [389], "network": [22]}
+CHANGE_PROTOCOLS = ("ssh", "winrm", "ldap")
+KINDS = ("local", "domain", "service")
+_TRUE = {"true", "yes", "y", "1", "on"}
+_FALSE = {"false", "no", "n", "0", "off"}
+
+DEVICE_FIELDS = ("name", "platform", "ports", "site", "change_protocol", "external_id")
+CREDENTIAL_FIELDS = ("kind", "change_interval_days", "policy", "auto_change")
+COLUMNS = ("name", "address", "platform", "ports", "site", "tenant", "change_protocol",
+           "external_id", "username", "secret", "kind", "change_interval_days", "policy",
+           "auto_change")
+ALIASES = {
+    "ip": "address", "ip_address": "address", "host": "address", "hostname": "address",
+    "password": "secret", "passwd": "secret",
+    "user": "username", "account": "username", "login": "username",
+    "port": "ports", "change_interval": "change_interval_days",
+    "device_name": "name", "protocol": "change_protocol",
+}
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_POLICY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PORT_SPLIT = re.compile(r"[;,\s]+")
+
+
+class ImportFileError(Exception):
+    """The file as a whole cannot be imported (not a spreadsheet, corrupt, no header...).
+
+    Nothing was written. The message names the file and the reason, never a cell's value.
+    """
+
+
+class Secret:
+    """A secret read from a cell: shown as asterisks by ``repr``/``str``, so it never leaks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """A rejected row: its spreadsheet row number, the column at fault and why."""
+
+    row: int
+    column: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"row": self.row, "column": self.column, "reason": self.reason}
+
+
+@dataclass(slots=True)
+class ImportRow:
+    """One validated row: the device it describes and, optionally, a credential on it.
+
+    ``device`` and ``credential`` hold only the fields the row gives (non-empty cells).
+    """
+
+    row: int
+    tenant: str
+    address: str
+    device: dict[str, Any]
+    username: str | None = None
+    secret: Secret | None = None
+    credential: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device_key(self) -> tuple[str, str]:
+        return (self.tenant, self.address)
+
+
+@dataclass
+class Sheet:
+    """A spreadsheet read and validated, ready to be written."""
+
+    path: str
+    format: str
+    columns: list[str]
+    ignored_columns: list[str]
+    total_rows: int
+    rows: list[ImportRow]
+    errors: list[RowError]
+
+    def chunks(self, size: int = CHUNK_SIZE) -> Iterator[list[ImportRow]]:
+        for start in range(0, len(self.rows), size):
+            yield self.rows[start:start + size]
+
+    def __repr__(self) -> str:  # never dump 100,000 rows into a log
+        return (f"Sheet({self.path!r}, {self.format}, rows={self.total_rows}, "
+                f"valid={len(self.rows)}, rejected={len(self.errors)})")
+
+
+@dataclass
+class ChunkOutcome:
+    """What writing a batch of rows did."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    devices_created: int = 0
+    devices_updated: int = 0
+    credentials_created: int = 0
+    credentials_updated: int = 0
+    errors: list[RowError] = field(default_factory=list)
+    isolated: bool = False  # the chunk's transaction failed and rows were retried one by one
+
+    def add(self, other: ChunkOutcome) -> None:
+        for name in ("created", "updated", "unchanged", "devices_created", "devices_updated",
+                     "credentials_created", "credentials_updated"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors)
+        self.isolated = self.isolated or other.isolated
+
+
+@dataclass
+class ImportResult:
+    """The outcome of one import, for the CLI, the flow's artifacts and the notification."""
+
+    path: str
+    format: str
+    rows: int
+    created: int
+    updated: int
+    unchanged: int
+    rejected: int
+    devices_created: int
+    devices_updated: int
+    credentials_created: int
+    credentials_updated: int
+    errors: list[RowError]
+    error_file: str | None
+    ignored_columns: list[str]
+
+    @property
+    def empty(self) -> bool:
+        return self.rows == 0
+
+    def summary(self) -> dict[str, Any]:
+        """Small, secret-free figures (the flow's return value)."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "rows": self.rows,
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "rejected": self.rejected,
+            "devices_created": self.devices_created,
+            "devices_updated": self.devices_updated,
+            "credentials_created": self.credentials_created,
+            "credentials_updated": self.credentials_updated,
+            "error_file": self.error_file,
+            "ignored_columns": list(self.ignored_columns),
+            "empty": self.empty,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+
+
+def _canonical(header: str) -> str:
+    name = re.sub(r"[\s\-]+", "_", str(header).strip().lower())
+    return ALIASES.get(name, name)
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _read_csv_records(path: Path, raw: bytes) -> Iterator[list[str]]:
+    if b"\x00" in raw[:65536]:
+        raise ImportFileError(f"{path.name}: not a CSV file (it holds binary data)")
+    if raw.startswith(b"PK\x03\x04"):
+        raise ImportFileError(f"{path.name}: not a CSV file (it is a zip archive; an .xlsx?)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            text = raw.decode("cp1252")
+        except UnicodeDecodeError:
+            raise ImportFileError(
+                f"{path.name}: not a readable CSV file (neither UTF-8 nor Windows-1252 text)"
+            ) from None
+    first_nl = text.find("\n")
+    first = text if first_nl < 0 else text[:first_nl]
+    delimiter = None
+    if first.lower().startswith("sep=") and len(first.strip()) == 5:
+        delimiter = first.strip()[4]
+        text = text[first_nl + 1:] if first_nl >= 0 else ""
+        first_nl = text.find("\n")
+        first = text if first_nl < 0 else text[:first_nl]
+    if delimiter is None:
+        counts = {d: first.count(d) for d in (",", ";", "\t")}
+        delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
+    if csv.field_size_limit() < MAX_FILE_BYTES:
+        # a huge cell is reported per row (MAX_CELL); the csv module must not choke first
+        csv.field_size_limit(MAX_FILE_BYTES)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise ImportFileError(f"{path.name}: malformed CSV near line {reader.line_num}: {exc}") from None
+
+
+def _read_xlsx_records(path: Path) -> Iterator[list[str]]:
+    if not zipfile.is_zipfile(path):
+        raise ImportFileError(f"{path.name}: not an XLSX workbook (not a zip archive: "
+                              "corrupt, or another kind of file)")
+    import openpyxl
+
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds on a bad workbook
+        raise ImportFileError(
+            f"{path.name}: not a readable XLSX workbook ({exc.__class__.__name__})"
+        ) from None
+    try:
+        if not wb.worksheets:
+            return
+        ws = wb.worksheets[0]
+        if hasattr(ws, "reset_dimensions"):
+            ws.reset_dimensions()  # trust the cells, not a writer's <dimension>
+        try:
+            for values in ws.iter_rows(values_only=True):
+                yield [_cell_text(v) for v in values]
+        except Exception as exc:  # noqa: BLE001 - a corrupt sheet part
+            raise ImportFileError(
+                f"{path.name}: corrupt XLSX worksheet ({exc.__class__.__name__})"
+            ) from None
+    finally:
+        wb.close()
+
+
+def _records(path: Path) -> tuple[str, Iterator[list[str]]]:
+    if not path.exists():
+        raise ImportFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImportFileError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ImportFileError(f"{path.name}: {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit")
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xlsm"):
+        return "xlsx", _read_xlsx_records(path)
+    if suffix in (".csv", ".txt", ".tsv"):
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ImportFileError(f"{path.name}: cannot be read ({exc.strerror})") from None
+        return "csv", _read_csv_records(path, raw)
+    if suffix == ".xls":
+        raise ImportFileError(f"{path.name}: the old binary .xls format is not supported; "
+                              "save it as .xlsx or .csv")
+    raise ImportFileError(f"{path.name}: unsupported file type {suffix or '(none)'!r}; "
+                          "expected .csv or .xlsx")
+
+
+# ---------------------------------------------------------------------------------------
+# validating
+
+
+def _text(value: str, column: str, errors: list, row: int, limit: int = MAX_TEXT) -> str | None:
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > limit:
+        errors.append(RowError(row, column, f"{column} is {len(value)} characters; at most {limit}"))
+        return None
+    if _CONTROL.search(value):
+        errors.append(RowError(row, column, f"{column} contains control characters"))
+        return None
+    return value
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:37] + "...")
+
+
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)"
+_IPV4 = re.compile(rf"^{_OCTET}(?:\.{_OCTET}){{3}}$")
+
+
+def normalize_address(value: str) -> str | None:
+    """The canonical form of an IP address or host name, or None when it is neither."""
+    value = value.strip()
+    if not value:
+        return None
+    if _IPV4.match(value):  # the common case, without ipaddress's cost
+        return value
+    if ":" in value or value[-1].isdigit():
+        try:
+            return ipaddress.ip_address(value).compressed
+        except ValueError:
+            if ":" in value:
+                return None
+    host = value.lower().rstrip(".")
+    if not host or len(host) > 253:
+        return None
+    labels = host.split(".")
+    if all(_HOST_LABEL.match(label) for label in labels) and not labels[-1].isdigit():
+        return host
+    return None
+
+
+def parse_ports(value: str) -> list[int]:
+    """``"22;3389"``, ``"22,443"`` or ``"22 443"`` as a sorted list; ValueError with a reason."""
+    parts = [p for p in _PORT_SPLIT.split(value.strip()) if p]
+    ports: set[int] = set()
+    for part in parts:
+        if part.endswith(".0"):
+            part = part[:-2]
+        if not part.isdigit():
+            raise ValueError(f"ports: {_show(part)} is not a port number")
+        port = int(part)
+        if not 1 <= port <= 65535:
+            raise ValueError(f"ports: {port} is outside 1-65535")
+        ports.add(port)
+    if len(ports) > MAX_PORTS:
+        raise ValueError(f"ports: {len(ports)} ports; at most {MAX_PORTS}")
+    return sorted(ports)
+
+
+def _bool(value: str) -> bool | None:
+    low = value.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError
+
+
+def validate_row(row: int, cells: dict[str, str]) -> ImportRow | list[RowError]:
+    """Check one row (canonical column -> cell text). Returns the row or its errors."""
+    errors: list[RowError] = []
+    for column, value in cells.items():
+        if len(value) > MAX_CELL:
+            errors.append(RowError(row, column, f"cell is {len(value):,} characters, over the "
+                                                f"{MAX_CELL:,}-character limit"))
+    if errors:
+        return errors
+    get = cells.get
+
+    raw_address = get("address", "")
+    address = normalize_address(raw_address)
+    if address is None:
+        if raw_address.strip():
+            errors.append(RowError(row, "address", f"address {_show(raw_address.strip())} "
+                                                   "is not an IP address or host name"))
+        else:
+            errors.append(RowError(row, "address", "address is required"))
+    tenant = _text(get("tenant", ""), "tenant", errors, row) or "default"
+
+    device: dict[str, Any] = {}
+    name = _text(get("name", ""), "name", errors, row)
+    if name:
+        device["name"] = name
+    platform = get("platform", "").strip().lower()
+    if platform:
+        if platform in PLATFORMS:
+            device["platform"] = platform
+        else:
+            errors.append(RowError(row, "platform", f"platform {_show(platform)} is not one of "
+                                                    f"{', '.join(PLATFORMS)}"))
+    ports = get("ports", "").strip()
+    if ports:
+        try:
+            parsed = parse_ports(ports)
+            if parsed:
+                device["ports"] = parsed
+        except ValueError as exc:
+            errors.append(RowError(row, "ports", str(exc)))
+    site = _text(get("site", ""), "site", errors, row)
+    if site:
+        device["site"] = site
+    protocol = get("change_protocol", "").strip().lower()
+    if protocol:
+        if protocol in CHANGE_PROTOCOLS:
+            device["change_protocol"] = protocol
+        else:
+            errors.append(RowError(row, "change_protocol", f"change_protocol {_show(protocol)} is "
+                                                           f"not one of {', '.join(CHANGE_PROTOCOLS)}"))
+    external_id = _text(get("external_id", ""), "external_id", errors, row)
+    if external_id:
+        device["external_id"] = external_id
+
+    username = _text(get("username", ""), "username", errors, row)
+    raw_secret = get("secret", "")
+    secret = None
+    if raw_secret:
+        if len(raw_secret) > MAX_SECRET:
+            errors.append(RowError(row, "secret", f"secret is {len(raw_secret)} characters; "
+                                                  f"at most {MAX_SECRET}"))
+        elif "\x00" in raw_secret or "\n" in raw_secret or "\r" in raw_secret:
+            errors.append(RowError(row, "secret", "secret contains a line break or NUL character"))
+        elif not username and not get("username", "").strip():
+            errors.append(RowError(row, "secret", "a secret needs a username"))
+        else:
+            secret = Secret(raw_secret)
+    credential: dict[str, Any] = {}
+    kind = get("kind", "").strip().lower()
+    if kind:
+        if kind in KINDS:
+            credential["kind"] = kind
+        else:
+            errors.append(RowError(row, "kind", f"kind {_show(kind)} is not one of {', '.join(KINDS)}"))
+    interval = get("change_interval_days", "").strip()
+    if interval:
+        text = interval[:-2] if interval.endswith(".0") else interval
+        if text.isdigit() and 1 <= int(text) <= 3650:
+            credential["change_interval_days"] = int(text)
+        else:
+            errors.append(RowError(row, "change_interval_days", f"change_interval_days "
+                                   f"{_show(interval)} is not a whole number of days in 1-3650"))
+    policy = get("policy", "").strip()
+    if policy:
+        if _POLICY.match(policy):
+            credential["policy"] = policy
+        else:
+            errors.append(RowError(row, "policy", f"policy {_show(policy)} is not a policy name "
+                                                  "(letters, digits, . _ -)"))
+    auto = get("auto_change", "").strip()
+    if auto:
+        try:
+            credential["auto_change"] = _bool(auto)
+        except ValueError:
+            errors.append(RowError(row, "auto_change", f"auto_change {_show(auto)} is not "
+                                                       "true/false, yes/no or 1/0"))
+    if credential and not username and not any(e.column == "username" for e in errors):
+        column = next(iter(credential))
+        errors.append(RowError(row, column, f"{column} describes a credential but the row has "
+                                            "no username"))
+    if errors:
+        return errors
+    return ImportRow(row=row, tenant=tenant, address=address, device=device, username=username,
+                     secret=secret, credential=credential)
+
+
+def _check_consistency(rows: list[ImportRow]) -> tuple[list[ImportRow], list[RowError]]:
+    """Reject duplicates and rows whose device fields contradict an earlier row's."""
+    seen: dict[tuple[str, str, str | None], int] = {}
+    devices: dict[tuple[str, str], ImportRow] = {}
+    kept: list[ImportRow] = []
+    errors: list[RowError] = []
+    for r in rows:
+        key = (r.tenant, r.address, r.username)
+        first = seen.get(key)
+        if first is not None:
+            what = "tenant, address and username" if r.username else "tenant and address (no username)"
+            errors.append(RowError(r.row, "username" if r.username else "address",
+                                   f"duplicate of row {first}: same {what}"))
+            continue
+        earlier = devices.get(r.device_key)
+        if earlier is not None:
+            clash = next((f for f in DEVICE_FIELDS if f in r.device and f in earlier.device
+                          and r.device[f] != earlier.device[f]), None)
+            if clash is not None:
+                errors.append(RowError(r.row, clash, f"{clash} {_show(str(r.device[clash]))} "
+                                       f"contradicts row {earlier.row} for the same device "
+                                       f"({_show(str(earlier.device[clash]))})"))
+                continue
+            for f, v in r.device.items():  # later rows may complete the device's fields
+                earlier.device.setdefault(f, v)
+        else:
+            devices[r.device_key] = r
+        seen[key] = r.row
+        kept.append(r)
+    # every row of one device carries the device's merged fields, so any row may create it
+    for r in kept:
+        first = devices[r.device_key]
+        if first is not r:
+            r.device = first.device
+    return kept, errors
+
+
+def read_sheet(path: str | Path) -> Sheet:
+    """Read and validate the whole file; raises ImportFileError when it is not importable."""
+    path = Path(path)
+    fmt, records = _records(path)
+    header: list[str] | None = None
+    columns: list[str] = []
+    index: list[tuple[int, str]] = []
+    ignored: list[str] = []
+    rows: list[ImportRow] = []
+    errors: list[RowError] = []
+    total = 0
+    for number, record in enumerate(records, start=1):
+        if header is None:
+            if not any(c.strip() for c in record):
+                continue
+            header = record
+            header_row = number
+            seen: dict[str, int] = {}
+            for i, title in enumerate(record):
+                if not title.strip():
+                    continue
+                name = _canonical(title)
+                if name in COLUMNS:
+                    if name in seen:
+                        raise ImportFileError(f"{path.name}: column {name!r} appears twice in the "
+                                              f"header (columns {seen[name] + 1} and {i + 1})")
+                    seen[name] = i
+                    index.append((i, name))
+                    columns.append(name)
+                else:
+                    ignored.append(title.strip()[:60])
+            if "address" not in seen:
+                found = ", ".join(repr(t.strip()[:40]) for t in record if t.strip()) or "nothing"
+                raise ImportFileError(
+                    f"{path.name}: row {header_row} is not a header with an 'address' column "
+                    f"(found {found}); the columns are {', '.join(COLUMNS)}"
+                )
+            continue
+        if not any(c.strip() for c in record):
+            continue
+        total += 1
+        if total > MAX_ROWS:
+            raise ImportFileError(f"{path.name}: more than {MAX_ROWS:,} rows; split the file")
+        if len(record) > len(header) and any(c.strip() for c in record[len(header):]):
+            errors.append(RowError(number, "-", f"row has {len(record)} cells, the header "
+                                                f"{len(header)}"))
+            continue
+        width = len(record)
+        cells = {name: record[i] for i, name in index if i < width}
+        checked = validate_row(number, cells)
+        if isinstance(checked, list):
+            errors.extend(checked)
+        else:
+            rows.append(checked)
+    rows, clashes = _check_consistency(rows)
+    errors.extend(clashes)
+    errors.sort(key=lambda e: e.row)
+    return Sheet(path=str(path), format=fmt, columns=columns, ignored_columns=ignored,
+                 total_rows=total, rows=rows, errors=errors)
+
+
+# ---------------------------------------------------------------------------------------
+# writing
+
+_DEVICE = Device.__table__
+_CREDENTIAL = Credential.__table__
+_HISTORY = CredentialHistory.__table__
+
+
+def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _preload(conn: Connection, rows: Iterable[ImportRow]) -> tuple[dict, dict]:
+    """The stored devices and credentials for these rows' keys, in a few queries."""
+    by_tenant: dict[str, set[str]] = {}
+    for r in rows:
+        by_tenant.setdefault(r.tenant, set()).add(r.address)
+    d = _DEVICE.c
+    devices: dict[tuple[str, str], Any] = {}
+    for tenant, addresses in by_tenant.items():
+        for batch in _batched(sorted(addresses), _QUERY_BATCH):
+            query = sa.select(d.id, d.tenant, d.address, d.name, d.platform, d.ports, d.site,
+                              d.change_protocol, d.external_id).where(
+                d.tenant == tenant, d.address.in_(batch))
+            for rec in conn.execute(query):
+                devices[(rec.tenant, rec.address)] = rec
+    c = _CREDENTIAL.c
+    credentials: dict[tuple[int, str], Any] = {}
+    ids = sorted(rec.id for rec in devices.values())
+    for batch in _batched(ids, _QUERY_BATCH):
+        query = sa.select(c.id, c.device_id, c.username, c.kind, c.secret, c.secret_version,
+                          c.change_interval_days, c.policy, c.auto_change,
+                          c.pending_secret.is_not(None).label("pending")).where(
+            c.device_id.in_(batch))
+        for rec in conn.execute(query):
+            credentials[(rec.device_id, rec.username)] = rec
+    return devices, credentials
+
+
+def _sql_time(conn: Connection, when: datetime) -> str:
+    """``when`` as an inline SQL literal, stored exactly as the UTC datetime columns store it.
+
+    One timestamp serves a whole chunk; binding it per row would cost a type conversion
+    per row and column (a third of a 100,000-row import's time).
+    """
+    dialect = conn.dialect
+    if dialect.name == "sqlite":
+        text = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)(when.astimezone(UTC))
+    else:
+        text = when.astimezone(UTC).isoformat()
+    return f"'{text}'"
+
+
+def _now_sql(conn: Connection, now: datetime) -> Any:
+    return sa.literal_column(_sql_time(conn, now))
+
+
+def _new_device(r: ImportRow, source: str) -> dict[str, Any]:
+    """A new device's varying columns (the constant ones are inlined in the INSERT)."""
+    platform = r.device.get("platform", "linux")
+    return {
+        "name": r.device.get("name", r.address), "address": r.address, "platform": platform,
+        "ports": r.device.get("ports") or list(PLATFORMS[platform]), "site": r.device.get("site"),
+        "tenant": r.tenant, "source": source, "external_id": r.device.get("external_id"),
+        "change_protocol": r.device.get("change_protocol"),
+    }
+
+
+def _device_changes(r: ImportRow, stored: Any) -> dict[str, Any]:
+    return {f: v for f, v in r.device.items() if getattr(stored, f) != v}
+
+
+_FROM_LAST_CHANGE = object()
+
+
+def _credential_plan(r: ImportRow, stored: Any, box: Vault, now: datetime
+                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, RowError | None]:
+    """For an existing credential: (update values or None, history row or None, error)."""
+    changes = {f: v for f, v in r.credential.items() if getattr(stored, f) != v}
+    history = None
+    secret_changed = False
+    if r.secret is not None:
+        current = None
+        if stored.secret is not None:
+            try:
+                current = box.decrypt(stored.secret)
+            except VaultError:
+                current = None  # unreadable here: replace it, the old ciphertext goes to history
+        if current != r.secret.reveal():
+            if stored.pending:
+                return None, None, RowError(
+                    r.row, "secret", f"credential {r.username}@{r.address} has a password change "
+                    "in progress; import its secret after the change completes")
+            secret_changed = True
+    if not changes and not secret_changed:
+        return None, None, None
+    values = {"b_id": stored.id, "updated_at": now, **changes}
+    if secret_changed:
+        values["secret"] = box.encrypt(r.secret.reveal())
+        values["secret_version"] = stored.secret_version + 1
+        values["last_changed_at"] = now
+        if stored.secret is not None:
+            history = {"credential_id": stored.id, "version": stored.secret_version,
+                       "secret": stored.secret, "retired_at": now, "reason": "import"}
+    interval = changes.get("change_interval_days", stored.change_interval_days)
+    if interval and secret_changed:
+        values["expires_at"] = now + timedelta(days=interval)
+    elif "change_interval_days" in changes:
+        values["expires_at"] = _FROM_LAST_CHANGE  # computed from the stored last change
+    return values, history, None
+
+
+_CREDENTIAL_INSERT = ("device_id", "username", "kind", "secret", "secret_version", "policy",
+                      "change_interval_days", "auto_change")
+
+
+def _new_credential(r: ImportRow, box: Vault) -> tuple[tuple, tuple]:
+    """A new credential's varying columns after ``device_id``, and its group key.
+
+    The group key (secret given, change interval) decides the columns that are the same for
+    a whole group (``last_changed_at``, ``expires_at``): they are inlined in the INSERT.
+    """
+    secret = box.encrypt(r.secret.reveal()) if r.secret is not None else None
+    interval = r.credential.get("change_interval_days")
+    values = (r.username, r.credential.get("kind", "local"), secret, 1 if secret else 0,
+              r.credential.get("policy", "default"), interval, r.credential.get("auto_change", True))
+    return values, (secret is not None, interval if secret is not None else None)
+
+
+def _insert_credentials(conn: Connection, groups: dict[tuple, list[tuple]], now: datetime) -> None:
+    """Plain DBAPI executemany, one per group; constant columns inlined (no per-row typing)."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    columns = ", ".join(_CREDENTIAL_INSERT)
+    marks = ", ".join(mark for _ in _CREDENTIAL_INSERT)
+    now_text = _sql_time(conn, now)
+    for (has_secret, interval), params in groups.items():
+        changed = now_text if has_secret else "NULL"
+        expires = _sql_time(conn, now + timedelta(days=interval)) if has_secret and interval else "NULL"
+        conn.exec_driver_sql(
+            f"INSERT INTO credential ({columns}, status, last_changed_at, expires_at, created_at, "
+            f"updated_at) VALUES ({marks}, 'ok', {changed}, {expires}, {now_text}, {now_text})",
+            params,
+        )
+
+
+def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault) -> ChunkOutcome:
+    """Plan and write ``rows`` on ``conn`` (inside the caller's transaction)."""
+    now = utcnow()
+    out = ChunkOutcome()
+    devices, credentials = _preload(conn, rows)
+    new_devices: dict[tuple[str, str], dict] = {}
+    device_updates: dict[int, dict] = {}
+    new_credentials: list[tuple[tuple[str, str] | int, tuple, tuple]] = []
+    credential_updates: list[dict] = []
+    history: list[dict] = []
+    for r in rows:
+        key = r.device_key
+        stored = devices.get(key)
+        creates_device = updates_device = False
+        device_update = None
+        if stored is None:
+            creates_device = key not in new_devices
+        elif stored.id not in device_updates:
+            changes = _device_changes(r, stored)
+            if changes:
+                updates_device = True
+                device_update = {"b_id": stored.id, "updated_at": now, **changes}
+        cred_new = cred_update = hist = None
+        if r.username is not None:
+            current = credentials.get((stored.id, r.username)) if stored is not None else None
+            if current is None:
+                cred_new = _new_credential(r, box)
+            else:
+                cred_update, hist, error = _credential_plan(r, current, box, now)
+                if error is not None:  # the whole row is refused, its device part too
+                    out.errors.append(error)
+                    continue
+        if creates_device:
+            new_devices[key] = _new_device(r, source)
+            out.devices_created += 1
+        if updates_device:
+            device_updates[stored.id] = device_update
+            out.devices_updated += 1
+        if cred_new is not None:
+            new_credentials.append((stored.id if stored is not None else key, *cred_new))
+            out.credentials_created += 1
+        if cred_update is not None:
+            credential_updates.append(cred_update)
+            out.credentials_updated += 1
+        if hist is not None:
+            history.append(hist)
+        if creates_device or cred_new is not None:
+            out.created += 1
+        elif updates_device or cred_update is not None:
+            out.updated += 1
+        else:
+            out.unchanged += 1
+
+    ids: dict[tuple[str, str], int] = {}
+    if new_devices:
+        now_sql = _now_sql(conn, now)
+        d = _DEVICE.c
+        stmt = _DEVICE.insert().values(
+            maintenance_mode=sa.false(), active=sa.true(), connectivity=sa.literal_column("'unknown'"),
+            settings=sa.literal_column("'{}'"), created_at=now_sql, updated_at=now_sql,
+        ).returning(d.id, d.tenant, d.address)  # mapped by key: any order will do
+        result = conn.execute(stmt, list(new_devices.values()))
+        ids = {(rec.tenant, rec.address): rec.id for rec in result}
+    if device_updates:
+        _update_grouped(conn, _DEVICE, device_updates.values())
+    if new_credentials:
+        groups: dict[tuple, list[tuple]] = {}
+        for owner, values, group in new_credentials:
+            device_id = owner if isinstance(owner, int) else ids[owner]
+            groups.setdefault(group, []).append((device_id, *values))
+        _insert_credentials(conn, groups, now)
+    if history:
+        conn.execute(_HISTORY.insert(), history)
+    if credential_updates:
+        _expiry_from_last_change(conn, credential_updates, now)
+        _update_grouped(conn, _CREDENTIAL, credential_updates)
+    return out
+
+
+def _expiry_from_last_change(conn: Connection, updates: list[dict], now: datetime) -> None:
+    """A new change interval alone moves the expiry: last change (or now) + the interval."""
+    pending = {u["b_id"]: u for u in updates if u.get("expires_at") is _FROM_LAST_CHANGE}
+    c = _CREDENTIAL.c
+    for batch in _batched(sorted(pending), _QUERY_BATCH):
+        for rec in conn.execute(sa.select(c.id, c.last_changed_at).where(c.id.in_(batch))):
+            u = pending[rec.id]
+            u["expires_at"] = (rec.last_changed_at or now) + timedelta(days=u["change_interval_days"])
+
+
+def _update_grouped(conn: Connection, table: sa.Table, updates: Iterable[dict]) -> None:
+    """UPDATE by id, only the changed columns: one executemany per set of changed columns."""
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for u in updates:
+        groups.setdefault(tuple(sorted(u)), []).append(u)
+    for columns, params in groups.items():
+        stmt = table.update().where(table.c.id == sa.bindparam("b_id")).values(
+            {c: sa.bindparam(c) for c in columns if c != "b_id"})
+        conn.execute(stmt, params)
+
+
+def _store_reason(exc: sa.exc.DBAPIError) -> str:
+    """The database's own words, first line only (statement and parameters left out)."""
+    text = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()
+    return f"the store refused the row: {text[0][:200] if text else exc.__class__.__name__}"
+
+
+def write_rows(rows: Sequence[ImportRow], engine: Engine | None = None, source: str = "import",
+               box: Vault | None = None) -> ChunkOutcome:
+    """Upsert a chunk of validated rows in one transaction.
+
+    If that transaction fails, each row is retried in a transaction of its own, so one
+    offending row is reported (``column "-"``) and the others are written.
+    """
+    from . import db
+
+    engine = engine or db.store()
+    box = box or vault()
+    if not rows:
+        return ChunkOutcome()
+    try:
+        with engine.begin() as conn:
+            return _write(conn, rows, source, box)
+    except sa.exc.DBAPIError:
+        pass
+    out = ChunkOutcome(isolated=True)
+    for r in rows:
+        try:
+            with engine.begin() as conn:
+                out.add(_write(conn, [r], source, box))
+        except sa.exc.DBAPIError as exc:
+            out.errors.append(RowError(r.row, "-", _store_reason(exc)))
+    return out
+
+
+def error_file_for(path: str | Path) -> Path:
+    """``<dir>/<stem>.errors.csv`` beside the input."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.errors.csv")
+
+
+def write_error_file(path: str | Path, errors: list[RowError]) -> str | None:
+    """Write the rejected rows beside the input; remove a stale one when there are none.
+
+    Falls back to ``<data dir>/import-errors/`` when the input's directory is read-only.
+    """
+    target = error_file_for(path)
+    if not errors:
+        target.unlink(missing_ok=True)
+        return None
+
+    def dump(where: Path) -> None:
+        with where.open("w", newline="", encoding="utf-8") as fh:
+            out = csv.writer(fh)
+            out.writerow(["row", "column", "reason"])
+            out.writerows((e.row, e.column, e.reason) for e in errors)
+
+    try:
+        dump(target)
+    except OSError:
+        from .config import data_dir
+
+        fallback = data_dir() / "import-errors"
+        fallback.mkdir(parents=True, exist_ok=True)
+        target = fallback / target.name
+        dump(target)
+    return str(target)
+
+
+def finish_import(sheet: Sheet, outcome: ChunkOutcome, engine: Engine | None = None,
+                  actor: str = "batch-import") -> ImportResult:
+    """Write the error file, the audit record and the "Batch import finished" notification."""
+    from . import audit, db, notifications
+
+    errors = sorted(sheet.errors + outcome.errors, key=lambda e: (e.row, e.column))
+    rejected = len({e.row for e in errors})
+    result = ImportResult(
+        path=sheet.path, format=sheet.format, rows=sheet.total_rows, created=outcome.created,
+        updated=outcome.updated, unchanged=outcome.unchanged, rejected=rejected,
+        devices_created=outcome.devices_created, devices_updated=outcome.devices_updated,
+        credentials_created=outcome.credentials_created,
+        credentials_updated=outcome.credentials_updated, errors=errors,
+        error_file=write_error_file(sheet.path, errors), ignored_columns=sheet.ignored_columns,
+    )
+    figures = {k: v for k, v in result.summary().items() if k not in ("path", "ignored_columns")}
+    name = Path(sheet.path).name
+    with db.session(engine) as s:
+        audit.record(s, actor, "import", "import_file", name, {"path": sheet.path, **figures})
+        body = (f"Import of {name} ({sheet.format}) finished: {result.rows} rows, "
+                f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
+                f"{result.rejected} rejected.")
+        if result.error_file:
+            body += f"\nRejected rows are listed in {result.error_file}."
+        notifications.queue(s, "Batch import finished", f"Batch import finished: {name}", body,
+                            {"file": name, **figures})
+        s.commit()
+    return result
+
+
+def record_failed_import(path: str | Path, reason: str, engine: Engine | None = None,
+                         actor: str = "batch-import") -> None:
+    """Audit and notify an import whose file was refused as a whole (nothing was written)."""
+    from . import audit, db, notifications
+
+    name = Path(path).name
+    with db.session(engine) as s:
+        audit.record(s, actor, "import_failed", "import_file", name,
+                     {"path": str(path), "reason": reason})
+        notifications.queue(s, "Batch import finished", f"Batch import failed: {name}",
+                            f"Import of {name} failed, nothing was imported: {reason}",
+                            {"file": name, "failed": True})
+        s.commit()
+
+
+def import_file(path: str | Path, engine: Engine | None = None, chunk_size: int = CHUNK_SIZE,
+                actor: str = "batch-import", source: str = "import") -> ImportResult:
+    """Read, validate and upsert a whole file (what the robot does, without Prefect)."""
+    sheet = read_sheet(path)
+    total = ChunkOutcome()
+    for chunk in sheet.chunks(chunk_size):
+        total.add(write_rows(chunk, engine, source))
+    return finish_import(sheet, total, engine, actor)
+
+
+def _main(argv: list[str]) -> int:  # pragma: no cover - convenience
+    for arg in argv:
+        print(import_file(arg).summary())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(_main(sys.argv[1:]))

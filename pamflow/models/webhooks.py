@@ -1,0 +1,57 @@
+"""Webhook sources (one secret each, encrypted) and the gateway's outbox of accepted calls."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from ._base import json_field, text_field, utcnow
+
+
+class WebhookSource(SQLModel, table=True):
+    """A system allowed to call ``POST /hooks/{name}``; its HMAC secret is vault-encrypted.
+
+    After ``rotate-secret`` the previous secret stays in ``previous_secret`` until
+    ``previous_valid_until`` (a grace period, none by default).
+    """
+
+    __tablename__ = "webhook_source"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(63), nullable=False, unique=True))
+    secret: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # vault, purpose "webhook"
+    previous_secret: str | None = text_field()
+    previous_valid_until: datetime | None = None
+    secret_version: int = 1
+    enabled: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
+    rotated_at: datetime | None = None
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One accepted webhook call: its delivery id (replay guard) and the outbox row.
+
+    Written in the same transaction that records the delivery id, before the 202 answer;
+    ``delivered_at`` is set once Prefect's ``/events`` took the event (2xx). A forwarder
+    claims undelivered rows by setting ``lease_until``.
+    """
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        sa.UniqueConstraint("source", "delivery_id", name="uq_webhook_delivery_source_delivery"),
+        sa.Index("ix_webhook_delivery_pending", "delivered_at", "lease_until"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(sa_column=sa.Column(sa.String(36), nullable=False, unique=True))
+    source: str = Field(sa_column=sa.Column(sa.String(63), nullable=False))
+    delivery_id: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
+    event: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    payload: dict = json_field()
+    received_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
+    lease_until: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = text_field()

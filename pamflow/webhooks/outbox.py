@@ -1,0 +1,502 @@
+"""The outbox: accepted calls are written here before the 202, then forwarded to Prefect.
+
+* :class:`OutboxWriter` — one thread that inserts accepted calls in small group commits
+  (every call waiting at that moment shares one transaction). The insert records the
+  delivery id under a unique constraint ``(source, delivery_id)``; a conflict is a replay.
+* :func:`claim` / :func:`mark_delivered` / :func:`release` — rows are claimed with a lease
+  (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers), so several gateway
+  processes never post the same row at the same time. A row is marked delivered only after
+  Prefect answered 2xx. Should a gateway die between Prefect's 2xx and the mark, the row is
+  posted again once its lease ends, with the same event id (Prefect's triggers skip an
+  event id they have seen).
+* :class:`Forwarder` — an asyncio task in the gateway, woken after each commit and every
+  ``sweep_seconds``, that posts claimed rows to ``{PREFECT_API_URL}/events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ..models import WebhookDelivery, utcnow
+
+log = logging.getLogger("pamflow.webhooks")
+T = WebhookDelivery.__table__
+LEASE = timedelta(seconds=30)
+RETENTION = timedelta(days=1)  # delivered rows kept (replay guard) well past the 5-minute window
+
+
+@dataclass
+class Accepted:
+    """A call that passed every check, waiting to be written."""
+
+    source: str
+    delivery_id: str
+    event: str
+    payload: dict
+    event_id: str = ""
+    received_at: datetime | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {"event_id": self.event_id, "source": self.source, "delivery_id": self.delivery_id,
+                "event": self.event, "payload": self.payload, "received_at": self.received_at,
+                "attempts": 0}
+
+
+def _insert_ignore(engine: Engine):
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(T).on_conflict_do_nothing()
+
+
+class _RawStatements:
+    """The outbox's hot statements, compiled once and run on a raw DBAPI cursor.
+
+    SQLAlchemy's per-execute overhead is several times SQLite's own cost for these tiny
+    statements; values still go through the columns' own bind processors (JSON,
+    UTC datetimes), so rows read back exactly as the ORM writes them.
+    """
+
+    INSERT_COLUMNS = ("event_id", "source", "delivery_id", "event", "payload", "received_at",
+                      "lease_until", "attempts")
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        self.insert = self._compile(
+            _insert_ignore(engine).values({c: sa.bindparam(c) for c in self.INSERT_COLUMNS}), dialect)
+        self.mark = self._compile(
+            T.update().where(T.c.event_id == sa.bindparam("id"))
+            .values(delivered_at=sa.bindparam("now"), lease_until=sa.null(), last_error=sa.null()), dialect)
+        self.release = self._compile(
+            T.update().where(T.c.event_id == sa.bindparam("id"), T.c.delivered_at.is_(None))
+            .values(lease_until=sa.null(), last_error=sa.bindparam("error")), dialect)
+        self._procs = {c.name: c.type.bind_processor(dialect) for c in T.c}
+        self._procs["now"] = self._procs["delivered_at"]
+
+    @staticmethod
+    def _compile(stmt, dialect) -> tuple[str, list[str] | None]:
+        compiled = stmt.compile(dialect=dialect)
+        return str(compiled), (list(compiled.positiontup) if compiled.positional else None)
+
+    def params(self, stmt: tuple[str, list[str] | None], values: dict[str, Any]):
+        procs = self._procs
+        conv = {k: (procs[k](v) if procs.get(k) else v) for k, v in values.items()}
+        names = stmt[1]
+        return tuple(conv[n] for n in names) if names is not None else conv
+
+
+class OutboxWriter:
+    """Writes accepted calls in group commits and resolves their futures.
+
+    ``submit`` returns an asyncio future: True (written), False (delivery id seen before:
+    a replay); it raises if the store failed (nothing was written for that call). Every
+    call that arrived in the same event-loop turn shares one transaction.
+
+    On SQLite the writes run on the event loop itself (a batch costs a few milliseconds,
+    and handing them to a thread costs more in GIL hand-offs than it saves); on PostgreSQL
+    they run in a writer thread (network round trips). A row is written already leased to
+    this process and handed to ``on_commit`` (the forwarder) right after the commit, so
+    the forwarder needs no query to find it; ``mark_delivered`` and ``release`` ride in
+    the same group commits.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, engine: Engine, on_commit=None, lease: timedelta = LEASE,
+                 threaded: bool | None = None) -> None:
+        self.engine = engine
+        self.on_commit = on_commit
+        self.lease = lease
+        self.threaded = engine.dialect.name != "sqlite" if threaded is None else threaded
+        self._sql = _RawStatements(engine)
+        self._raw = None
+        self._ops: list = []
+        self._scheduled = False
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if self.threaded:
+            self._queue: queue.SimpleQueue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, name="webhook-outbox-writer", daemon=True)
+            self._thread.start()
+
+    # ---- the event loop's side ------------------------------------------------------------
+    def submit(self, item: Accepted) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        item.event_id = str(uuid.uuid4())
+        item.received_at = datetime.now(UTC)
+        self._put(("insert", item, fut, loop), loop)
+        return fut
+
+    def mark_delivered(self, event_ids: list[str]) -> None:
+        self._put(("mark", event_ids), None)
+
+    def release(self, event_ids: list[str], error: str) -> None:
+        self._put(("release", event_ids, error), None)
+
+    def _put(self, op: tuple, loop: asyncio.AbstractEventLoop | None) -> None:
+        if self.threaded:
+            self._queue.put(op)
+            return
+        self._ops.append(op)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop = loop or asyncio.get_running_loop()
+            self._loop.call_soon(self._flush_inline)
+
+    def _flush_inline(self) -> None:
+        self._scheduled = False
+        while self._ops:
+            batch, self._ops = self._ops[:self.MAX_BATCH], self._ops[self.MAX_BATCH:]
+            self._write(batch)
+
+    def close(self) -> None:
+        if self.threaded:
+            self._queue.put(None)
+            self._thread.join(10)
+        else:
+            self._flush_inline()
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+    # ---- the writer thread (PostgreSQL) -------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._write(batch)
+            if stop:
+                return
+
+    # ---- one group commit --------------------------------------------------------------
+    def _write(self, batch: list) -> None:
+        inserts = [op for op in batch if op[0] == "insert"]
+        others = [op for op in batch if op[0] != "insert"]
+        results: list[Any] = []
+        sql = self._sql
+        try:
+            if self._raw is None:
+                self._raw = self.engine.raw_connection()
+            cur = self._raw.cursor()
+            try:
+                for _kind, item, _fut, _loop in inserts:
+                    row = item.row()
+                    row["lease_until"] = item.received_at + self.lease
+                    cur.execute(sql.insert[0], sql.params(sql.insert, row))
+                    results.append(cur.rowcount == 1)
+                now = utcnow()
+                for op in others:
+                    if op[0] == "mark":
+                        cur.executemany(sql.mark[0], [sql.params(sql.mark, {"id": i, "now": now})
+                                                      for i in op[1]])
+                    else:
+                        error = op[2][:500]
+                        cur.executemany(sql.release[0], [sql.params(sql.release, {"id": i, "error": error})
+                                                         for i in op[1]])
+                self._raw.commit()
+            finally:
+                cur.close()
+        except Exception as exc:  # noqa: BLE001 - every waiting call gets the failure
+            log.error("outbox write failed (%d calls, %d updates): %s: %s", len(inserts), len(others),
+                      exc.__class__.__name__, str(exc)[:200])  # a DBAPI error: no parameters
+            results = [exc] * len(inserts)
+            if self._raw is not None:
+                try:
+                    self._raw.rollback()
+                    self._raw.close()
+                except Exception:  # noqa: BLE001, S110 - the connection is discarded anyway
+                    pass
+                self._raw = None
+        by_loop: dict[Any, list] = {}
+        for (_kind, _item, fut, loop), result in zip(inserts, results, strict=True):
+            by_loop.setdefault(loop, []).append((fut, result))
+        for loop, pairs in by_loop.items():
+            if self.threaded:
+                loop.call_soon_threadsafe(_resolve, pairs)
+            else:
+                _resolve(pairs)
+        written = [item for (_k, item, _f, _l), r in zip(inserts, results, strict=True) if r is True]
+        if written and self.on_commit is not None:
+            self.on_commit(written)
+
+
+def _resolve(pairs: list) -> None:
+    for fut, result in pairs:
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+
+# ---- claiming and marking (blocking; the forwarder runs them in a thread) --------------
+
+def claim(engine: Engine, limit: int = 100, lease: timedelta = LEASE) -> list[dict]:
+    """Lease up to ``limit`` undelivered rows whose lease is free, oldest first."""
+    now = utcnow()
+    pending = (sa.select(T.c.id)
+               .where(T.c.delivered_at.is_(None),
+                      sa.or_(T.c.lease_until.is_(None), T.c.lease_until < now))
+               .order_by(T.c.id).limit(limit))
+    if engine.dialect.name == "postgresql":
+        pending = pending.with_for_update(skip_locked=True)
+    stmt = (T.update().where(T.c.id.in_(pending.scalar_subquery()))
+            .values(lease_until=now + lease, attempts=T.c.attempts + 1)
+            .returning(T.c.id, T.c.event_id, T.c.source, T.c.delivery_id, T.c.event,
+                       T.c.payload, T.c.received_at))
+    with engine.begin() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(stmt)]
+    rows.sort(key=lambda r: r["id"])
+    return rows
+
+
+def _mark_delivered(conn, event_ids: list[str]) -> None:
+    conn.execute(T.update().where(T.c.event_id.in_(event_ids))
+                 .values(delivered_at=utcnow(), lease_until=None, last_error=None))
+
+
+def _release(conn, event_ids: list[str], error: str) -> None:
+    conn.execute(T.update().where(T.c.event_id.in_(event_ids), T.c.delivered_at.is_(None))
+                 .values(lease_until=None, last_error=error[:500]))
+
+
+def mark_delivered(engine: Engine, event_ids: list[str]) -> None:
+    """Prefect took these rows (2xx)."""
+    with engine.begin() as conn:
+        _mark_delivered(conn, event_ids)
+
+
+def release(engine: Engine, event_ids: list[str], error: str) -> None:
+    """Give the rows back (Prefect refused or was unreachable) with the reason."""
+    with engine.begin() as conn:
+        _release(conn, event_ids, error)
+
+
+def pending_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(T)
+                            .where(T.c.delivered_at.is_(None))).scalar_one()
+
+
+def purge_delivered(engine: Engine, older_than: timedelta = RETENTION) -> int:
+    """Delete delivered rows received before ``older_than`` ago (their ids can no longer
+    be replayed: the timestamp window refuses them first)."""
+    with engine.begin() as conn:
+        return conn.execute(T.delete().where(T.c.delivered_at.is_not(None),
+                                             T.c.received_at < utcnow() - older_than)).rowcount
+
+
+def to_prefect_event(row: dict) -> dict:
+    """The Prefect event for an outbox row (its id is the row's event id)."""
+    received = row["received_at"]
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=UTC)
+    source, delivery = row["source"], row["delivery_id"]
+    return {
+        "id": row["event_id"],
+        "occurred": received.isoformat(),
+        "event": row["event"],
+        "resource": {
+            "prefect.resource.id": f"pam.{source}.{delivery}",
+            "prefect.resource.name": f"{source} delivery {delivery}",
+            "pam.source": source,
+            "pam.delivery": delivery,
+        },
+        "payload": row["payload"],
+    }
+
+
+def prefect_api_url() -> str:
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        try:
+            from prefect.settings import PREFECT_API_URL
+
+            url = PREFECT_API_URL.value()
+        except Exception:  # noqa: BLE001 - fall back to pamflow up's default
+            url = None
+    return (url or "http://127.0.0.1:4200/api").rstrip("/")
+
+
+def prefect_auth_headers() -> dict[str, str]:
+    headers = {}
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    elif os.environ.get("PREFECT_API_KEY"):
+        headers["Authorization"] = "Bearer " + os.environ["PREFECT_API_KEY"]
+    return headers
+
+
+class Forwarder:
+    """Posts outbox rows to Prefect.
+
+    Fresh rows arrive in memory from the writer (:meth:`hand_over`, already leased to this
+    process) and are posted at once; a sweep every ``sweep_seconds`` claims rows left in
+    the store (by a failed post, a crash, another gateway). After a failed post the
+    forwarder releases what it holds and backs off (0.5 s doubling to ``max_backoff``);
+    the sweeps then retry until Prefect takes the events.
+    """
+
+    BATCH = 100
+
+    def __init__(self, engine: Engine, api_url: str | None = None, sweep_seconds: float = 2.0,
+                 max_backoff: float = 5.0) -> None:
+        self.engine = engine
+        self.api_url = (api_url or prefect_api_url()).rstrip("/")
+        self.sweep_seconds = sweep_seconds
+        self.max_backoff = max_backoff
+        self.writer: OutboxWriter | None = None
+        self.forwarded = 0
+        self.last_error: str | None = None
+        self._fresh: list[dict] = []
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._last_purge = 0.0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=3.0),
+                                         headers=prefect_auth_headers())
+        self._task = asyncio.create_task(self._run(), name="webhook-forwarder")
+
+    def hand_over(self, items: list[Accepted]) -> None:
+        """Thread-safe (the writer calls it after each commit): forward these rows now."""
+        rows = [{"event_id": i.event_id, "source": i.source, "delivery_id": i.delivery_id,
+                 "event": i.event, "payload": i.payload, "received_at": i.received_at} for i in items]
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._add_fresh, rows)
+
+    def _add_fresh(self, rows: list[dict]) -> None:
+        self._fresh.extend(rows)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Thread-safe: sweep the store now."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        backoff = 0.0
+        next_sweep = 0.0
+        while True:
+            if backoff:
+                await asyncio.sleep(backoff)
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(),
+                                           timeout=max(0.0, next_sweep - time.monotonic()))
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            try:
+                ok = await self._forward_fresh()
+                if ok and time.monotonic() >= next_sweep:
+                    ok = await self.forward_pending()
+                    next_sweep = time.monotonic() + self.sweep_seconds
+                backoff = 0.0 if ok else min(self.max_backoff, max(0.5, backoff * 2))
+                if ok and time.monotonic() - self._last_purge > 600:
+                    self._last_purge = time.monotonic()
+                    await asyncio.to_thread(purge_delivered, self.engine)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the store hiccuped; retry after a pause
+                log.warning("outbox forwarder: %s", exc.__class__.__name__)
+                backoff = min(self.max_backoff, max(0.5, backoff * 2))
+            if backoff:
+                next_sweep = 0.0  # after the pause, retry from the store
+
+    async def _forward_fresh(self) -> bool:
+        while self._fresh:
+            rows, self._fresh = self._fresh[:self.BATCH], self._fresh[self.BATCH:]
+            if not await self._deliver(rows, via_writer=True):
+                held, self._fresh = rows + self._fresh, []
+                self._give_back([r["event_id"] for r in held])
+                return False
+        return True
+
+    def _give_back(self, event_ids: list[str]) -> None:
+        if self.writer is not None:
+            self.writer.release(event_ids, self.last_error or "not forwarded")
+        else:
+            release(self.engine, event_ids, self.last_error or "not forwarded")
+
+    async def forward_pending(self) -> bool:
+        """Forward every row the store holds unleased; False if Prefect did not take a batch."""
+        while True:
+            rows = await asyncio.to_thread(claim, self.engine, self.BATCH)
+            if not rows:
+                return True
+            if not await self._deliver(rows, via_writer=False):
+                await asyncio.to_thread(release, self.engine, [r["event_id"] for r in rows],
+                                        self.last_error or "not forwarded")
+                return False
+
+    async def _deliver(self, rows: list[dict], via_writer: bool) -> bool:
+        error = await self._post([to_prefect_event(r) for r in rows])
+        if error is None:
+            ids = [r["event_id"] for r in rows]
+            if via_writer and self.writer is not None:
+                self.writer.mark_delivered(ids)
+            else:
+                await asyncio.to_thread(mark_delivered, self.engine, ids)
+            self.forwarded += len(rows)
+            if self.last_error:
+                log.info("Prefect takes events again")
+            self.last_error = None
+            return True
+        if error != self.last_error:
+            log.warning("Prefect did not take %d events (%s); they stay in the outbox", len(rows), error)
+        self.last_error = error
+        return False
+
+    async def _post(self, events: list[dict]) -> str | None:
+        assert self._client is not None
+        try:
+            resp = await self._client.post(f"{self.api_url}/events", json=events)
+        except httpx.HTTPError as exc:
+            return f"{self.api_url} unreachable: {exc.__class__.__name__}"
+        if 200 <= resp.status_code < 300:
+            return None
+        return f"{self.api_url}/events answered {resp.status_code}"

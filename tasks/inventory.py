@@ -1,0 +1,45 @@
+"""Prefect tasks for the device and credential inventory (batch import).
+
+Task runs are per chunk of rows, never per row. Rows cross task boundaries in memory
+only: results are not persisted and inputs are not hashed for caching, so no secret
+reaches Prefect's API or its result storage (a secret is a :class:`pamflow.importer.Secret`,
+which shows as asterisks anywhere it is printed).
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from pamflow import importer
+from pamflow.importer import ChunkOutcome, ImportResult, ImportRow, Sheet
+
+_OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="read-spreadsheet", task_run_name="read {path}", **_OPTS)
+def read_spreadsheet(path: str) -> Sheet:
+    """Parse and validate the whole file; an unreadable file fails the task, writing nothing."""
+    return importer.read_sheet(path)
+
+
+@task(name="import-rows", task_run_name="import rows {label}", retries=1, retry_delay_seconds=2,
+      **_OPTS)
+def import_rows(rows: list[ImportRow], label: str) -> ChunkOutcome:
+    """Upsert one chunk of validated rows in one transaction (row by row if it fails).
+
+    A retry is safe: the upsert is idempotent.
+    """
+    return importer.write_rows(rows)
+
+
+@task(name="finish-import", **_OPTS)
+def finish_import(sheet: Sheet, outcome: ChunkOutcome) -> ImportResult:
+    """Error file beside the input, audit record, "Batch import finished" notification."""
+    return importer.finish_import(sheet, outcome)
+
+
+@task(name="record-failed-import", **_OPTS)
+def record_failed_import(path: str, reason: str) -> None:
+    """Audit and notify an import whose file could not be read at all."""
+    importer.record_failed_import(path, reason)

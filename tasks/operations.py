@@ -1,0 +1,208 @@
+"""Operation and credential tasks: the queue, the executor and the credential robots'
+passes (``pamflow.queue``, ``pamflow.executor``, ``pamflow.rotation`` wrapped for Prefect).
+
+Task runs are per batch or per pass, never per operation or per device. What they return
+and publish carries ids, account and device names and counts — never a secret.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+TABLE_ROWS_MAX = 500
+
+
+def _store():
+    from pamflow.db import store
+
+    return store()
+
+
+# ----------------------------------------------------------------------------- executor
+@task(name="runnable-operations")
+def runnable_operations() -> int:
+    """How many operations an executor could claim now."""
+    from pamflow.executor import HANDLERS
+    from pamflow.queue import runnable_count
+
+    return runnable_count(_store(), list(HANDLERS))
+
+
+def runnable_now() -> int:
+    """The executor's cheap poll, without a task run (it runs every second)."""
+    from pamflow.executor import HANDLERS
+    from pamflow.queue import runnable_count
+
+    return runnable_count(_store(), list(HANDLERS))
+
+
+@task(name="execute-operation-batches", task_run_name="execute-operations-{owner}")
+def execute_operation_batches(owner: str, batch_size: int = 100, workers: int = 16,
+                              progress_key: str = "operation-executor-progress",
+                              deadline_s: float | None = None) -> dict:
+    """Claim and run batches until the queue has nothing runnable (one task run per burst).
+
+    Progress is published per batch; stops between batches at ``deadline_s`` (monotonic
+    seconds from now), so an instance's lifetime is respected.
+    """
+    import time
+
+    from pamflow.executor import drain
+    from pamflow.queue import runnable_count
+
+    engine = _store()
+    expected = max(1, runnable_count(engine))
+    progress = create_progress_artifact(0.0, key=progress_key,
+                                        description=f"Operation executor {owner}: "
+                                                    f"{expected} operation(s) runnable")
+    end = None if deadline_s is None else time.monotonic() + deadline_s
+
+    def on_batch(summary: dict) -> None:
+        done = summary["claimed"]
+        update_progress_artifact(progress, min(100.0, 100.0 * done / max(expected, done)),
+                                 description=f"{done} operation(s) run in {summary['batches']} "
+                                             f"batch(es): {summary['succeeded']} succeeded, "
+                                             f"{summary['failed']} failed")
+
+    summary = drain(engine, owner=owner, batch_size=batch_size, workers=workers,
+                    on_batch=on_batch,
+                    should_stop=None if end is None else (lambda: time.monotonic() >= end))
+    update_progress_artifact(progress, 100.0, description=(
+        f"{summary['claimed']} operation(s): {summary['succeeded']} succeeded, "
+        f"{summary['failed']} failed"))
+    return summary
+
+
+def publish_executor_report(summary: dict, key: str = "operation-executor") -> UUID:
+    """What an executor instance did, as a markdown artifact (counts only)."""
+    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.items()]
+    return create_markdown_artifact("\n".join(["## Operation executor", "", *lines]), key=key,
+                                    description=f"Operation executor {summary.get('owner', '')}")
+
+
+# ----------------------------------------------------------------------------- queue upkeep
+@task(name="retry-failed-operations")
+def retry_failed_operations(limit: int = 1000) -> list[int]:
+    """Re-queue failed, retryable operations whose backoff has passed."""
+    from pamflow.queue import retry_failed
+
+    return retry_failed(_store(), limit=limit)
+
+
+@task(name="cancel-expired-operations")
+def cancel_expired_operations() -> list[dict]:
+    """Cancel queued operations past their expiry."""
+    from pamflow.queue import cancel_expired
+
+    return cancel_expired(_store())
+
+
+@task(name="operations-by-id")
+def describe_operations(ids: list[int]) -> list[dict]:
+    """Rows for an artifact: id, kind, credential, state, attempts, error (no secrets)."""
+    from sqlmodel import Session, select
+
+    from pamflow.models import Operation
+
+    if not ids:
+        return []
+    with Session(_store()) as db:
+        ops = db.exec(select(Operation).where(Operation.id.in_(ids[:TABLE_ROWS_MAX]))).all()
+        return [{"operation": o.id, "kind": o.kind, "credential": o.credential_id,
+                 "state": o.state, "attempts": f"{o.attempts}/{o.max_attempts}",
+                 "last error": (o.result or {}).get("last_error") or o.error or ""}
+                for o in ops]
+
+
+# ----------------------------------------------------------------------------- credentials
+@task(name="recover-credentials")
+def recover_credentials(workers: int = 16) -> dict:
+    """Release expired leases, queue reconciliation for every unsettled credential, run it."""
+    from pamflow.rotation import recover
+
+    return recover(_store(), workers=workers)
+
+
+@task(name="credential-statuses")
+def credential_statuses(ids: list[int]) -> list[dict]:
+    """Account, device, status and detail of credentials (for artifacts; no secrets)."""
+    from sqlmodel import Session, select
+
+    from pamflow.models import Credential, Device
+
+    if not ids:
+        return []
+    with Session(_store()) as db:
+        rows = db.exec(select(Credential, Device).join(Device, Device.id == Credential.device_id)
+                       .where(Credential.id.in_(ids[:TABLE_ROWS_MAX]))).all()
+        return [{"credential": c.id, "account": c.username, "device": d.name, "status": c.status,
+                 "detail": c.status_detail or ""} for c, d in rows]
+
+
+@task(name="queue-due-password-changes")
+def queue_due_password_changes(limit: int = 5000) -> list[dict]:
+    """Queue changes for credentials past expiry or due by their change interval."""
+    from pamflow.rotation import queue_due_changes
+
+    return queue_due_changes(_store(), limit=limit)
+
+
+@task(name="queue-password-checks")
+def queue_password_checks(max_age_hours: float = 24.0, limit: int = 5000) -> list[dict]:
+    """Queue verify operations for credentials not verified within ``max_age_hours``."""
+    from pamflow.rotation import queue_password_checks as queue_checks
+
+    return queue_checks(_store(), max_age=timedelta(hours=max_age_hours), limit=limit)
+
+
+@task(name="queue-password-change-reminders")
+def queue_password_change_reminders(days_before: int | None = None) -> list[dict]:
+    """Queue "Password change reminder" notifications (system parameter
+    ``password_change_reminder_days``, default 7, unless ``days_before`` is given)."""
+    from pamflow.models import SystemParameter
+    from pamflow.rotation import queue_change_reminders
+
+    engine = _store()
+    if days_before is None:
+        from sqlmodel import Session
+
+        with Session(engine) as db:
+            row = db.get(SystemParameter, "password_change_reminder_days")
+            days_before = int(row.value) if row is not None else 7
+    return queue_change_reminders(engine, days_before=days_before)
+
+
+@task(name="process-password-reservations")
+def process_password_reservations() -> list[dict]:
+    """Start/end reservations whose time has come and queue their changes."""
+    from pamflow.rotation import process_reservations
+
+    return process_reservations(_store())
+
+
+# ----------------------------------------------------------------------------- artifacts
+def publish_table(key: str, rows: list[dict], description: str) -> UUID:
+    """A table artifact of up to ``TABLE_ROWS_MAX`` rows (the rest counted in the text)."""
+    more = len(rows) - TABLE_ROWS_MAX
+    if more > 0:
+        description += f" (first {TABLE_ROWS_MAX} rows of {len(rows)})"
+    if not rows:
+        return create_markdown_artifact(f"**{description}**: nothing to do.", key=key,
+                                        description=description)
+    return create_table_artifact(rows[:TABLE_ROWS_MAX], key=key, description=description)
+
+
+__all__ = ["cancel_expired_operations", "credential_statuses", "describe_operations",
+           "execute_operation_batches", "process_password_reservations",
+           "publish_executor_report", "publish_table", "queue_due_password_changes",
+           "queue_password_change_reminders", "queue_password_checks", "recover_credentials",
+           "retry_failed_operations", "runnable_now", "runnable_operations"]
