@@ -29,6 +29,25 @@ def _digest(prev_hash: str, row: AuditLog) -> str:
     return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
 
 
+def _chain_head(db: Session) -> str:
+    """The newest hash, read under the database's write lock so concurrent writers keep one chain.
+
+    PostgreSQL: an advisory transaction lock. SQLite: a no-op write takes the database's
+    write lock before the read. Within one transaction the head is then kept in memory, so
+    a robot recording thousands of rows reads it once.
+    """
+    tx = db.connection().get_transaction()
+    cached = db.info.get("audit_head")
+    if cached is not None and cached[0] is tx:
+        return cached[1]
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
+    else:
+        db.execute(sa.text("UPDATE audit_log SET id = id WHERE 0"))
+    last = db.exec(select(AuditLog.hash).order_by(AuditLog.id.desc()).limit(1)).first()
+    return last or GENESIS
+
+
 def record(
     db: Session,
     actor: str,
@@ -37,15 +56,8 @@ def record(
     entity_id: object = None,
     detail: dict | None = None,
 ) -> AuditLog:
-    """Append an audit row in ``db``'s transaction (the caller commits).
-
-    On PostgreSQL the chain head is taken under an advisory transaction lock so
-    concurrent writers keep one chain; on SQLite writers are serialised by the database.
-    """
-    if db.get_bind().dialect.name == "postgresql":
-        db.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
-    last = db.exec(select(AuditLog.hash).order_by(AuditLog.id.desc()).limit(1)).first()
-    prev = last or GENESIS
+    """Append an audit row in ``db``'s transaction (the caller commits)."""
+    prev = _chain_head(db)
     row = AuditLog(
         at=utcnow(),
         actor=actor,
@@ -57,7 +69,7 @@ def record(
     )
     row.hash = _digest(prev, row)
     db.add(row)
-    db.flush()
+    db.info["audit_head"] = (db.connection().get_transaction(), row.hash)
     return row
 
 

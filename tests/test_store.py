@@ -55,3 +55,26 @@ def test_notification_refuses_secret_context(store):
             notifications.queue(s, "No such thing", "x", "y")
         s.commit()
         assert len(s.exec(select(Notification)).all()) == 1
+
+
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_audit_chain_holds_across_transactions_and_concurrent_writers(backend, request):
+    import threading
+
+    engine = request.getfixturevalue(backend)
+
+    def writer(n: int) -> None:
+        for i in range(10):
+            with db.session(engine) as s:
+                for j in range(3):
+                    audit.record(s, f"w{n}", "x", "device", i, {"j": j})
+                s.commit()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with db.session(engine) as s:
+        assert audit.verify_chain(s) is None
+        assert len(s.exec(select(audit.AuditLog)).all()) == 120
