@@ -25,7 +25,8 @@ def _deployment_names() -> set[str]:
 def test_up_runs_the_platform_and_stops_on_ctrl_c(tmp_path):
     port, gw_port = platform.free_port(), platform.free_port()
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "PAMFLOW_DATABASE_URL", "PREFECT_HOME")}
+           if k not in ("PREFECT_API_URL", "PAMFLOW_DATABASE_URL", "PREFECT_HOME",
+                        "PAMFLOW_MASTER_KEY")}
     env.update(PAMFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "client"))
     log = tmp_path / "up.log"
     proc = subprocess.Popen(

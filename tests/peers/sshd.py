@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pamflow.platform import free_port
 
-SUDOERS = Path("/etc/sudoers.d/pamflow-tests")
+SUDOERS_DIR = Path("/etc/sudoers.d")
 
 
 def _wait_banner(port: int, timeout: float = 15) -> bytes:
@@ -84,6 +84,11 @@ Subsystem sftp internal-sftp
         _wait_banner(port)
         return server
 
+    @property
+    def sudoers(self) -> Path:
+        """This server's own sudoers drop-in (one per sshd, so parallel runs don't collide)."""
+        return SUDOERS_DIR / f"pamflow-tests-{self.port}"
+
     def add_account(self, password: str, name: str | None = None, sudo_chpasswd: bool = False
                     ) -> str:
         """A new Linux account with ``password``; its name is returned."""
@@ -92,9 +97,9 @@ Subsystem sftp internal-sftp
         subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
         self.accounts.append(name)
         if sudo_chpasswd:
-            with SUDOERS.open("a") as fh:
+            with self.sudoers.open("a") as fh:
                 fh.write(f"{name} ALL=(root) NOPASSWD: /usr/sbin/chpasswd\n")
-            SUDOERS.chmod(0o440)
+            self.sudoers.chmod(0o440)
         return name
 
     def add_accounts(self, passwords: dict[str, str]) -> None:
@@ -132,8 +137,7 @@ Subsystem sftp internal-sftp
         for name in self.accounts:
             subprocess.run(["userdel", "-f", name], capture_output=True)
         self.accounts.clear()
-        if SUDOERS.exists():
-            SUDOERS.unlink()
+        self.sudoers.unlink(missing_ok=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
