@@ -24,8 +24,13 @@ Side by side in the same run, against the same sshd (tests/peers/sshd.py):
 Figures per scenario: wall time, rotations/s, controller CPU (getrusage of this process
 and of its reaped children, i.e. ansible and its ssh processes), and the sshd's own CPU
 (the listener and its reaped per-connection children: PAM, password hashing, sudo,
-chpasswd) - sshd runs on the same cores. ``--profile`` adds a cProfile of pamflow's drain
-(a run with a no-op target: pamflow's own CPU per rotation, and where it goes).
+chpasswd) - sshd runs on the same cores - and "others CPU s", what the rest of the machine
+burnt meanwhile (/proc/stat): other test runs slow every scenario, so read rates with it.
+``--profile`` adds a run of pamflow with a no-op target under cProfile in every thread:
+pamflow's own CPU per rotation, and where it goes.
+
+Needs root (real Linux accounts, a sudoers drop-in of its own, removed afterwards), Debian
+``openssh-server``, ``sudo`` and ``sshpass`` (Ansible's password logins).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -367,6 +373,7 @@ class NullTarget:
 def pamflow_overhead(engine, cred_ids: list[int], profile: Path) -> Result:
     """pamflow's own cost per rotation: the same drain with a target that does nothing."""
     import cProfile
+    import pstats
 
     from pamflow import executor
     from pamflow import queue as opqueue
@@ -374,21 +381,37 @@ def pamflow_overhead(engine, cred_ids: list[int], profile: Path) -> Result:
 
     register_target("ssh", lambda engine: NullTarget())
     res = Result("pamflow with a no-op target (its own overhead)", len(cred_ids))
-    prof = cProfile.Profile()
+    profs: list[cProfile.Profile] = []
+    lock = threading.Lock()
+
+    def start_in_thread(*_):  # first profile event of each new thread: profile it with cProfile
+        prof = cProfile.Profile()
+        with lock:
+            profs.append(prof)
+        prof.enable()
+
     try:
         with Meter(res, os.getpid()):
             opqueue.enqueue_many(engine, [{"kind": "change", "credential_id": i} for i in cred_ids],
                                  requested_by="bench", emit=False)
-            summary = prof.runcall(executor.drain, engine, batch_size=100, workers=WORKERS)
+            threading.setprofile(start_in_thread)
+            main = cProfile.Profile()
+            try:
+                summary = main.runcall(executor.drain, engine, batch_size=100, workers=WORKERS)
+            finally:
+                threading.setprofile(None)
     finally:
         from pamflow.targets.ssh import SSHTarget
 
         register_target("ssh", lambda engine: SSHTarget(engine))
-    prof.dump_stats(str(profile))
+    main.create_stats()
+    for prof in profs:
+        prof.create_stats()
+    pstats.Stats(main, *profs).dump_stats(str(profile))
     res.ok = summary.get("succeeded", 0)
     res.failed = len(cred_ids) - res.ok
     res.sshd_cpu = 0.0
-    res.note = "cProfile on (slows it); main thread only: the pool runs only target calls"
+    res.note = "cProfile on in every thread (slows it)"
     return res
 
 

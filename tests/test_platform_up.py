@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -55,6 +56,14 @@ def test_up_runs_the_platform_and_stops_on_ctrl_c(tmp_path):
         assert res.returncode == 0, res.stderr
         for name in _deployment_names():
             assert name in res.stdout, (name, res.stdout)
+        res = subprocess.run([sys.executable, "-m", "pamflow.cli", "robots", "--json"],
+                             env=robots_env, capture_output=True, text=True, timeout=120)
+        panel = {row["name"]: row for row in json.loads(res.stdout)}
+        assert set(panel) == _deployment_names()
+        assert panel["connectivity-test"]["schedule"].startswith("cron ")
+        assert panel["connectivity-test"]["status"] == "active"
+        assert panel["batch-import-processing"]["triggers"] == "pam.import.uploaded"
+        assert panel["connectivity-test"]["next_run"] is not None
 
         # a worker is online in the process pool and the gateway answers
         deadline = time.monotonic() + 60

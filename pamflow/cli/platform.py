@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+if not console.is_terminal:  # piped or captured: do not wrap the panel at 80 columns
+    console = Console(width=240)
 
 DEFAULT_PORT = 4200
 GATEWAY_PORT = 4280
@@ -136,13 +138,19 @@ def _git_version() -> str | None:
     return res.stdout.strip() or None
 
 
-def _print_robots() -> None:
+def _print_robots(as_json: bool = False) -> None:
     from prefect.client.orchestration import get_client
 
     from pamflow.panel import robot_rows
 
     with get_client(sync_client=True) as client:
         rows = robot_rows(client)
+    if as_json:
+        import dataclasses
+        import json
+
+        print(json.dumps([dataclasses.asdict(r) for r in rows], default=str, indent=2))
+        return
     table = Table(title="Execution processes", title_justify="left")
     for col in ("family", "robot", "schedule", "window", "events", "simult.", "status",
                 "last run", "last time", "next run"):
@@ -156,7 +164,7 @@ def _print_robots() -> None:
         console.print("no robots deployed yet: run `pamflow up`")
 
 
-def robots() -> None:
+def robots(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """The execution-process panel: every robot, its schedule, instances, state and runs."""
     from pamflow.config import data_dir  # noqa: F401  (ensures data dir exists)
 
@@ -166,7 +174,7 @@ def robots() -> None:
                       "or set PREFECT_API_URL")
         raise typer.Exit(1)
     os.environ["PREFECT_API_URL"] = api
-    _print_robots()
+    _print_robots(as_json)
 
 
 def status() -> None:
