@@ -1,13 +1,14 @@
 """Password policies as Prefect blocks, edited in the UI (Blocks > Password policy).
 
-A credential names its policy (``Credential.policy``); the rotation protocol loads the
-block of that name once per executor batch. Only the *shape* of passwords lives here,
+A credential names its policy (``Credential.policy``); the rotation protocol looks for a
+block of that name first, then the system parameter ``password_policy.<name>``, then uses
+pamflow's default policy. Only the *shape* of passwords lives here,
 never a secret, so it is safe in Prefect's API.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import time
 
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -34,21 +35,25 @@ class PasswordPolicyBlock(Block):
                               name=name)
 
 
-@lru_cache(maxsize=64)
-def _load(name: str) -> PasswordPolicy | None:
+TTL_SECONDS = 60.0
+_cache: dict[str, tuple[float, PasswordPolicy | None]] = {}
+
+
+def load_policy_block(name: str) -> PasswordPolicy | None:
+    """The policy saved as block ``name``, or None (no such block, or no Prefect API).
+
+    Cached for a minute, so a long-lived executor sees edits made in the UI soon after.
+    """
+    hit = _cache.get(name)
+    if hit is not None and time.monotonic() - hit[0] < TTL_SECONDS:
+        return hit[1]
     try:
-        return PasswordPolicyBlock.load(name, validate=True).to_policy(name)
-    except Exception:  # noqa: BLE001 - no server, no block of that name: the default applies
-        return None
-
-
-def load_policy(name: str | None) -> PasswordPolicy:
-    """The named policy's block, or pamflow's default policy when there is none."""
-    if not name or name == "default":
-        found = _load("default")
-        return found or PasswordPolicy()
-    return _load(name) or PasswordPolicy(name=name)
+        policy = PasswordPolicyBlock.load(name, validate=True).to_policy(name)
+    except Exception:  # noqa: BLE001 - no server, no block of that name: not ours to decide
+        policy = None
+    _cache[name] = (time.monotonic(), policy)
+    return policy
 
 
 def clear_cache() -> None:
-    _load.cache_clear()
+    _cache.clear()

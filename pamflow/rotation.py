@@ -104,13 +104,18 @@ class Context:
         return get_target(protocol, self.engine)
 
     def policy(self, db: Session, name: str) -> PasswordPolicy:
-        """The password policy ``name`` (system parameter ``password_policy.<name>``)."""
+        """The password policy ``name``: its Prefect block (edited in the UI), else the system
+        parameter ``password_policy.<name>``, else the default policy."""
         if name not in self._policies:
-            row = db.get(SystemParameter, f"password_policy.{name}")
-            if row is None:
-                policy = PasswordPolicy(name=name)
-            else:
-                policy = PasswordPolicy.from_dict({**json.loads(row.value), "name": name})
+            from blocks.password_policy import load_policy_block
+
+            policy = load_policy_block(name)
+            if policy is None:
+                row = db.get(SystemParameter, f"password_policy.{name}")
+                if row is None:
+                    policy = PasswordPolicy(name=name)
+                else:
+                    policy = PasswordPolicy.from_dict({**json.loads(row.value), "name": name})
             self._policies[name] = policy
         return self._policies[name]
 
