@@ -67,7 +67,7 @@ def test_deployment_is_complete(deployment):
     assert schedules or triggers, f"{name}: neither a schedule nor a trigger"
 
     names, required = flow_parameters(flow)
-    fixed = set((deployment.get("parameters") or {}))
+    fixed = set(deployment.get("parameters") or {})
     assert fixed <= names, f"{name}: parameters {fixed - names} are not parameters of the flow"
     if schedules:
         assert required <= fixed, f"{name}: scheduled runs lack required parameters {required - fixed}"

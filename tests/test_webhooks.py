@@ -158,7 +158,8 @@ def test_refusals_answer_their_status_and_write_nothing(gateway, store, secret, 
     assert rows(store) == []
     # the same call, correctly signed, is then accepted: the refusal consumed nothing
     if status in (401, 415):
-        assert gateway.post("import", IMPORT_BODY, signed_headers(secret, event, IMPORT_BODY)).status_code == 202
+        again = gateway.post("import", IMPORT_BODY, signed_headers(secret, event, IMPORT_BODY))
+        assert again.status_code == 202
 
 
 def test_unknown_source_is_refused_exactly_like_a_bad_signature(gateway, store, secret):
@@ -374,3 +375,16 @@ def test_outbox_forwards_to_prefect_once_it_is_reachable(store, secret, prefect_
         assert event["payload"] == {"path": f"/up/{i}.csv"}
         assert secret not in json.dumps(event)
     assert all(r["attempts"] >= 1 for r in rows(store))  # each came back from the store by a sweep
+
+
+def test_postgresql_store_accepts_and_refuses_replays(pg_store):
+    """On PostgreSQL the outbox is written by the writer thread; same answers, same rows."""
+    secret = add_source(pg_store, "import")
+    with RunningGateway(Gateway(pg_store, api_url=DEAD_PREFECT)) as gw:
+        headers = signed_headers(secret, "uploaded", IMPORT_BODY, delivery="pg-1")
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: gw.post("import", IMPORT_BODY, headers).status_code, range(8)))
+        assert sorted(codes) == [202] + [409] * 7
+        other = signed_headers(secret, "uploaded", IMPORT_BODY, delivery="pg-2")
+        assert gw.post("import", IMPORT_BODY, other).status_code == 202
+    assert [r["delivery_id"] for r in rows(pg_store)] == ["pg-1", "pg-2"]

@@ -28,7 +28,7 @@ import time
 
 from sqlalchemy.engine import Engine
 
-from .outbox import Accepted, Forwarder, OutboxWriter, pending_count, release
+from .outbox import Accepted, Forwarder, OutboxWriter, checkpoint, pending_count, release
 from .schemas import PayloadError, validate_payload
 from .signing import DELIVERY_RE, EVENT_RE, SIGNATURE_PREFIX, signature_matches, signing_bytes
 from .sources import SecretCache
@@ -126,6 +126,7 @@ class Gateway:
             await asyncio.sleep(self.refresh_seconds)
             try:
                 await asyncio.to_thread(self.secrets.refresh)
+                await asyncio.to_thread(checkpoint, self._engine)
             except Exception as exc:  # noqa: BLE001 - keep the cached secrets, retry
                 log.warning("could not refresh webhook sources: %s", exc.__class__.__name__)
 

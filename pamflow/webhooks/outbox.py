@@ -172,6 +172,8 @@ class OutboxWriter:
         else:
             self._flush_inline()
         if self._raw is not None:
+            if not self.threaded:
+                self._raw.cursor().execute("PRAGMA wal_autocheckpoint=1000")
             self._raw.close()
             self._raw = None
 
@@ -205,6 +207,10 @@ class OutboxWriter:
         try:
             if self._raw is None:
                 self._raw = self.engine.raw_connection()
+                if not self.threaded:
+                    # no checkpoint inside the loop's commits (it may fsync); the gateway
+                    # checkpoints from a thread every second (checkpoint() below)
+                    self._raw.cursor().execute("PRAGMA wal_autocheckpoint=0")
             cur = self._raw.cursor()
             try:
                 for _kind, item, _fut, _loop in inserts:
@@ -299,6 +305,13 @@ def release(engine: Engine, event_ids: list[str], error: str) -> None:
     """Give the rows back (Prefect refused or was unreachable) with the reason."""
     with engine.begin() as conn:
         _release(conn, event_ids, error)
+
+
+def checkpoint(engine: Engine) -> None:
+    """Fold SQLite's write-ahead log into the database without blocking writers (PASSIVE)."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def pending_count(engine: Engine) -> int:
