@@ -144,13 +144,31 @@ def deploy_all(api_url: str, root: Path = REPO_ROOT, version: str | None = None,
                **extra_env: str) -> subprocess.CompletedProcess:
     """``prefect --no-prompt deploy --all`` from ``root``'s prefect.yaml against ``api_url``.
 
-    ``PAMFLOW_ROOT`` (used by prefect.yaml's pull step) is set to ``root``.
+    ``PAMFLOW_ROOT`` (used by prefect.yaml's pull step) is set to ``root``. Prefect 3.8.8
+    ignores ``--version`` together with ``--all``, so the version is set afterwards through
+    the API on every deployment the file names.
     """
-    args = ["--no-prompt", "deploy", "--all"]
-    if version:
-        args += ["--version", version]
     env = {"PAMFLOW_ROOT": str(root), **extra_env}
-    res = run_prefect(args, api_url, cwd=root, check=False, **env)
+    res = run_prefect(["--no-prompt", "deploy", "--all"], api_url, cwd=root, check=False, **env)
     if res.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    if version:
+        set_deployment_versions(api_url, root / "prefect.yaml", version)
     return res
+
+
+def set_deployment_versions(api_url: str, prefect_yaml: Path, version: str) -> int:
+    """Set ``version`` on every deployment named in ``prefect_yaml``; returns how many."""
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    names = {d["name"] for d in yaml.safe_load(prefect_yaml.read_text())["deployments"]}
+    updated = 0
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        for dep in client.read_deployments():
+            if dep.name in names:
+                client.update_deployment(dep.id, DeploymentUpdate(version=version))
+                updated += 1
+    return updated

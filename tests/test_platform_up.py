@@ -64,6 +64,12 @@ def test_up_runs_the_platform_and_stops_on_ctrl_c(tmp_path):
         assert panel["connectivity-test"]["status"] == "active"
         assert panel["batch-import-processing"]["triggers"] == "pam.import.uploaded"
         assert panel["connectivity-test"]["next_run"] is not None
+        # every robot carries the checkout's commit as its version
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        if head:
+            versions = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
+            assert {d["version"] for d in versions} == {head}
 
         # a worker is online in the process pool and the gateway answers
         deadline = time.monotonic() + 60
@@ -72,11 +78,13 @@ def test_up_runs_the_platform_and_stops_on_ctrl_c(tmp_path):
                                     env={**robots_env,
                                          "PAMFLOW_GATEWAY_URL": f"http://127.0.0.1:{gw_port}"},
                                     capture_output=True, text=True, timeout=120)
-            if status.returncode == 0 and re.search(r"[1-9]\d* worker\(s\) online", status.stdout):
+            if (status.returncode == 0 and re.search(r"[1-9]\d* worker\(s\) online", status.stdout)
+                    and re.search(r"gateway .* healthy", status.stdout)):
                 break
             time.sleep(2)
         assert status.returncode == 0, status.stdout + status.stderr
-        assert "healthy" in status.stdout
+        assert re.search(r"prefect .* healthy", status.stdout)
+        assert re.search(r"gateway .* healthy", status.stdout), status.stdout
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
