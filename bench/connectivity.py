@@ -99,11 +99,11 @@ class Listeners:
         self.close(lambda i, j: True)
 
 
-def time_prober(targets, concurrency: int) -> tuple[float, int]:
+def time_prober(targets, concurrency: int, processes: int = 1) -> tuple[float, int]:
     from pamflow.connectivity import probe
 
     started = time.perf_counter()
-    results = probe(targets, connect_timeout=3.0, concurrency=concurrency)
+    results = probe(targets, connect_timeout=3.0, concurrency=concurrency, processes=processes)
     return time.perf_counter() - started, sum(p.answered for r in results for p in r.ports)
 
 
@@ -224,10 +224,14 @@ def main() -> int:
         # interleaved, so a busy machine weighs on both tools alike
         timings: dict[str, list[float]] = {}
         nmap_variants = [] if args.no_nmap else [[], ["-T5"]]
+        cores = os.cpu_count() or 1
         for _ in range(args.repeat):
-            seconds, opened = time_prober(targets, args.concurrency)
+            seconds, opened = time_prober(targets, args.concurrency, processes=cores)
             assert opened == expected_open, (opened, expected_open)
             timings.setdefault("pamflow probe()", []).append(seconds)
+            seconds, opened = time_prober(targets, args.concurrency, processes=1)
+            assert opened == expected_open, (opened, expected_open)
+            timings.setdefault("pamflow probe(processes=1)", []).append(seconds)
             for extra in nmap_variants:
                 seconds, nopen, cmd = time_nmap(args.hosts, ports, workdir, extra)
                 assert nopen == expected_open, f"{cmd} saw {nopen} open, expected {expected_open}"

@@ -49,6 +49,7 @@ import asyncio
 import errno
 import ipaddress
 import os
+import pickle
 import resource
 import select as io_select
 import socket
@@ -449,7 +450,12 @@ class _Pump:
             self._guard(self._start_more)
 
     def _finish(self, fd: int) -> tuple:
-        # no epoll unregister: closing the socket (its only descriptor) removes it
+        # unregister explicitly: closing the socket removes it from the epoll only while it
+        # is the file's sole descriptor, and a probe forked by another thread holds copies
+        try:
+            self.epoll.unregister(fd)
+        except OSError:
+            pass
         entry = self.pending.pop(fd)
         self.inflight -= 1
         return entry
@@ -543,8 +549,80 @@ async def probe_async(targets: Sequence[Target], *, connect_timeout: float = 3.0
     return [verdict(t, [r for r in rs if r is not None], now) for t, rs in zip(targets, results, strict=True)]
 
 
-def probe(targets: Sequence[Target], **options) -> list[DeviceResult]:
-    """``probe_async`` from synchronous code (also when an event loop already runs here)."""
+PARALLEL_MIN_ENDPOINTS = 2000
+
+
+def probe(targets: Sequence[Target], *, processes: int = 1, **options) -> list[DeviceResult]:
+    """``probe_async`` from synchronous code (also when an event loop already runs here).
+
+    With ``processes`` > 1 and enough endpoints, the targets are split into that many
+    slices, each probed by a forked copy of this process (the parent probes the first), so
+    the kernel's connect work runs on every core. Results keep the order of ``targets``.
+    """
+    endpoints = sum(len(t.ports) for t in targets)
+    if processes > 1 and endpoints >= PARALLEL_MIN_ENDPOINTS and hasattr(os, "fork"):
+        return _probe_forked(targets, processes, options)
+    return _probe_here(targets, options)
+
+
+def _slices(targets: Sequence[Target], n: int) -> list[Sequence[Target]]:
+    """``n`` contiguous slices with about the same number of endpoints each."""
+    total = sum(len(t.ports) for t in targets)
+    bounds, acc, start = [], 0, 0
+    for i, target in enumerate(targets):
+        acc += len(target.ports)
+        if len(bounds) < n - 1 and acc >= total * (len(bounds) + 1) / n:
+            bounds.append((start, i + 1))
+            start = i + 1
+    bounds.append((start, len(targets)))
+    return [targets[a:b] for a, b in bounds if b > a]
+
+
+def _probe_forked(targets: Sequence[Target], processes: int, options: dict) -> list[DeviceResult]:
+    slices = _slices(targets, processes)
+    per_slice = dict(options)
+    if "concurrency" in per_slice:
+        per_slice["concurrency"] = max(1, per_slice["concurrency"] // len(slices))
+    children: list[tuple[int, int]] = []
+    try:
+        for part in slices[1:]:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # child: probe its slice, send the results, never return
+                code = 0
+                try:
+                    os.close(read_end)
+                    data = pickle.dumps(("ok", _probe_here(part, per_slice)))
+                except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                    data, code = pickle.dumps(("error", f"{exc.__class__.__name__}: {exc}")), 1
+                try:
+                    with os.fdopen(write_end, "wb") as out:
+                        out.write(data)
+                finally:
+                    os._exit(code)
+            os.close(write_end)
+            children.append((pid, read_end))
+        results = list(_probe_here(slices[0], per_slice))
+        for pid, read_end in children:
+            with os.fdopen(read_end, "rb") as inp:
+                payload = inp.read()
+            os.waitpid(pid, 0)
+            status, value = pickle.loads(payload) if payload else ("error", "no answer")  # noqa: S301
+            if status != "ok":
+                raise RuntimeError(f"connectivity probe in a child process failed: {value}")
+            results.extend(value)
+        children.clear()
+        return results
+    finally:
+        for pid, read_end in children:  # parent failed: do not leave children behind
+            try:
+                os.close(read_end)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+
+
+def _probe_here(targets: Sequence[Target], options: dict) -> list[DeviceResult]:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -756,8 +834,12 @@ def unreachable_row(result: DeviceResult) -> dict:
 
 def check_devices(engine: Engine, first_id: int | None = None, last_id: int | None = None,
                   **options) -> BatchReport:
-    """One batch end to end: load the active devices in the id range, probe them, record."""
+    """One batch end to end: load the active devices in the id range, probe them, record.
+
+    Large batches are probed by one process per core (``processes``, default: every core).
+    """
     targets, no_ports = load_targets(engine, first_id, last_id)
+    options.setdefault("processes", os.cpu_count() or 1)
     results = probe(targets, **options) if targets else []
     report = record_results(engine, results)
     report.no_ports = no_ports
