@@ -42,11 +42,18 @@ _cache: dict[str, tuple[float, PasswordPolicy | None]] = {}
 def load_policy_block(name: str) -> PasswordPolicy | None:
     """The policy saved as block ``name``, or None (no such block, or no Prefect API).
 
+    Without ``PREFECT_API_URL`` nothing is asked: Prefect would otherwise start a
+    temporary in-process server just to answer.
+
     Cached for a minute, so a long-lived executor sees edits made in the UI soon after.
     """
     hit = _cache.get(name)
     if hit is not None and time.monotonic() - hit[0] < TTL_SECONDS:
         return hit[1]
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # no server configured: never start an ephemeral one
+        return None
     try:
         policy = PasswordPolicyBlock.load(name, validate=True).to_policy(name)
     except Exception:  # noqa: BLE001 - no server, no block of that name: not ours to decide

@@ -107,9 +107,11 @@ class Context:
         """The password policy ``name``: its Prefect block (edited in the UI), else the system
         parameter ``password_policy.<name>``, else the default policy."""
         if name not in self._policies:
-            from blocks.password_policy import load_policy_block
+            policy = None
+            if os.environ.get("PREFECT_API_URL"):  # import Prefect's blocks only when useful
+                from blocks.password_policy import load_policy_block
 
-            policy = load_policy_block(name)
+                policy = load_policy_block(name)
             if policy is None:
                 row = db.get(SystemParameter, f"password_policy.{name}")
                 if row is None:
