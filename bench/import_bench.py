@@ -204,6 +204,11 @@ def _bench_flow(csv_path: Path, work: Path) -> list[tuple]:
         assert summary["created"] == summary["rows"], summary
         return [("SQLite", "CSV via the Prefect flow", secs, summary["rows"], None)]
     finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)  # deliver logs before the server goes away
+        EventsWorker.drain_all(timeout=10)
         platform.stop(proc)
 
 

@@ -7,9 +7,10 @@ File
 ----
 ``.csv`` (UTF-8, with or without BOM, or Windows-1252; delimiter ``,`` ``;`` or tab, taken
 from the header line; an Excel ``sep=;`` first line is honoured) or ``.xlsx`` (the first
-worksheet). The first non-blank row is the header; row numbers in reports count it as
-row 1, as a spreadsheet program shows them. Blank rows are skipped. Anything else (a
-binary file, a corrupt workbook, another extension such as ``.xls``) is refused with
+worksheet; a formula cell counts by its cached result). The first non-blank row is the
+header. Row numbers in reports are the ones a spreadsheet program shows (the header of a
+plain CSV is row 1). Blank rows are skipped. Anything else (a binary file, a corrupt
+workbook, another extension such as ``.xls``) is refused with
 :class:`ImportFileError` before anything is written.
 
 Columns (header names are case-insensitive; spaces and dashes count as ``_``)
@@ -75,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from .models import Credential, CredentialHistory, Device, utcnow
@@ -279,7 +281,7 @@ def _cell_text(value: Any) -> str:
     return str(value)
 
 
-def _read_csv_records(path: Path, raw: bytes) -> Iterator[list[str]]:
+def _read_csv_records(path: Path, raw: bytes) -> Iterator[tuple[int, list[str]]]:
     if b"\x00" in raw[:65536]:
         raise ImportFileError(f"{path.name}: not a CSV file (it holds binary data)")
     if raw.startswith(b"PK\x03\x04"):
@@ -309,41 +311,175 @@ def _read_csv_records(path: Path, raw: bytes) -> Iterator[list[str]]:
         csv.field_size_limit(MAX_FILE_BYTES)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        yield from reader
+        yield from enumerate(reader, start=1)
     except csv.Error as exc:
         raise ImportFileError(f"{path.name}: malformed CSV near line {reader.line_num}: {exc}") from None
 
 
-def _read_xlsx_records(path: Path) -> Iterator[list[str]]:
+_SHEET_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_ROW, _CELL, _VALUE, _TEXT = (f"{_SHEET_NS}{t}" for t in ("row", "c", "v", "t"))
+_COLUMN_LETTERS = re.compile(r"^([A-Z]{1,3})")
+
+
+def _column_index(ref: str, cache: dict[str, int]) -> int:
+    """0-based column of a cell reference such as ``"AB12"``."""
+    m = _COLUMN_LETTERS.match(ref)
+    letters = m.group(1) if m else ""
+    index = cache.get(letters)
+    if index is None:
+        index = 0
+        for ch in letters:
+            index = index * 26 + ord(ch) - 64
+        index -= 1
+        cache[letters] = index
+    return index
+
+
+def _xlsx_number(text: str) -> str:
+    try:
+        return str(int(text))
+    except ValueError:
+        try:
+            return _cell_text(float(text))
+        except ValueError:
+            return text
+
+
+def _iter_sheet(source, shared: Sequence) -> Iterator[tuple[int, list[str]]]:
+    """Cell texts per row, straight from the worksheet XML (values only, as data_only does).
+
+    Read with ElementTree's C parser, a few times faster than openpyxl's read-only mode
+    (which also parses the whole sheet once more at load time when a writer left out the
+    ``<dimension>``); openpyxl stays the writer in tests and the benchmark.
+    Numbers come as their text (a date-formatted cell as its serial number).
+    """
+    from xml.etree.ElementTree import iterparse
+
+    cache: dict[str, int] = {}
+    number = 0
+    # expat >= 2.4 (bundled: 2.5) limits entity amplification; ElementTree never fetches
+    # external entities. openpyxl parses the same parts with the same parser.
+    for _event, elem in iterparse(source, events=("end",)):  # noqa: S314
+        if elem.tag != _ROW:
+            continue
+        ref = elem.get("r")
+        number = int(ref) if ref and ref.isdigit() else number + 1
+        cells: list[str] = []
+        column = -1
+        for c in elem:
+            if c.tag != _CELL:
+                continue
+            ref = c.get("r")
+            column = _column_index(ref, cache) if ref else column + 1
+            kind = c.get("t", "n")
+            if kind == "inlineStr":
+                text = "".join(t.text or "" for t in c.iter(_TEXT))
+            else:
+                v = c.find(_VALUE)
+                text = "" if v is None or v.text is None else v.text
+                if text:
+                    if kind == "s":
+                        text = str(shared[int(text)])
+                    elif kind == "n":
+                        text = _xlsx_number(text)
+                    elif kind == "b":
+                        text = "true" if text == "1" else "false"
+            if column >= len(cells):
+                cells.extend([""] * (column - len(cells) + 1))
+            cells[column] = text
+        elem.clear()
+        yield number, cells
+
+
+_REL_NS = "{http://schemas.openxmlformats.org/package/2006/relationships}"
+_DOC_REL_NS = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
+
+
+def _xml(archive: zipfile.ZipFile, name: str):
+    from xml.etree.ElementTree import fromstring
+
+    return fromstring(archive.read(name))  # noqa: S314 - see _iter_sheet
+
+
+def _rels(archive: zipfile.ZipFile, part: str) -> dict[str, tuple[str, str]]:
+    """A part's relationships: id -> (type, absolute part name)."""
+    folder, _, name = part.rpartition("/")
+    rels_name = f"{folder}/_rels/{name}.rels" if folder else f"_rels/{name}.rels"
+    out = {}
+    for rel in _xml(archive, rels_name).iter(f"{_REL_NS}Relationship"):
+        target = rel.get("Target", "")
+        target = target.lstrip("/") if target.startswith("/") else (
+            f"{folder}/{target}" if folder else target)
+        parts: list[str] = []
+        for piece in target.split("/"):  # resolve "../"
+            if piece == "..":
+                if parts:
+                    parts.pop()
+            elif piece not in ("", "."):
+                parts.append(piece)
+        out[rel.get("Id")] = (rel.get("Type", ""), "/".join(parts))
+    return out
+
+
+def _shared_strings(archive: zipfile.ZipFile, part: str | None) -> list[str]:
+    if part is None:
+        return []
+    from xml.etree.ElementTree import iterparse
+
+    strings = []
+    run = f"{_SHEET_NS}r"
+    with archive.open(part) as source:
+        for _event, si in iterparse(source, events=("end",)):  # noqa: S314 - see _iter_sheet
+            if si.tag != f"{_SHEET_NS}si":
+                continue
+            text = []
+            for child in si:  # plain text or rich-text runs; phonetic hints (rPh) left out
+                if child.tag == _TEXT:
+                    text.append(child.text or "")
+                elif child.tag == run:
+                    t = child.find(_TEXT)
+                    text.append("" if t is None else t.text or "")
+            strings.append("".join(text))
+            si.clear()
+    return strings
+
+
+def _read_xlsx_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The first worksheet's rows. The package is navigated by its relationships (as
+    openpyxl does) but without openpyxl's whole-sheet pass for the sheet's dimensions."""
     if not zipfile.is_zipfile(path):
         raise ImportFileError(f"{path.name}: not an XLSX workbook (not a zip archive: "
                               "corrupt, or another kind of file)")
-    import openpyxl
-
     try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds on a bad workbook
-        raise ImportFileError(
-            f"{path.name}: not a readable XLSX workbook ({exc.__class__.__name__})"
-        ) from None
-    try:
-        if not wb.worksheets:
-            return
-        ws = wb.worksheets[0]
-        if hasattr(ws, "reset_dimensions"):
-            ws.reset_dimensions()  # trust the cells, not a writer's <dimension>
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ImportFileError(f"{path.name}: not a readable XLSX workbook "
+                              f"({exc.__class__.__name__})") from None
+    with archive:
         try:
-            for values in ws.iter_rows(values_only=True):
-                yield [_cell_text(v) for v in values]
-        except Exception as exc:  # noqa: BLE001 - a corrupt sheet part
+            workbook = next(target for kind, target in _rels(archive, "").values()
+                            if kind.endswith("/officeDocument"))
+            rels = _rels(archive, workbook)
+            sheets = _xml(archive, workbook).find(f"{_SHEET_NS}sheets")
+            first = None if sheets is None else next(iter(sheets), None)
+            strings = next((target for kind, target in rels.values()
+                            if kind.endswith("/sharedStrings")), None)
+            shared = _shared_strings(archive, strings)
+        except Exception as exc:  # noqa: BLE001 - missing parts, bad XML, bad zip members
+            raise ImportFileError(f"{path.name}: not a readable XLSX workbook "
+                                  f"({exc.__class__.__name__})") from None
+        if first is None:
+            return
+        try:
+            with archive.open(rels[first.get(f"{_DOC_REL_NS}id")][1]) as source:
+                yield from _iter_sheet(source, shared)
+        except Exception as exc:  # noqa: BLE001 - a corrupt sheet part (zip, XML, index)
             raise ImportFileError(
                 f"{path.name}: corrupt XLSX worksheet ({exc.__class__.__name__})"
             ) from None
-    finally:
-        wb.close()
 
 
-def _records(path: Path) -> tuple[str, Iterator[list[str]]]:
+def _records(path: Path) -> tuple[str, Iterator[tuple[int, list[str]]]]:
     if not path.exists():
         raise ImportFileError(f"{path}: no such file")
     if not path.is_file():
@@ -595,7 +731,7 @@ def read_sheet(path: str | Path) -> Sheet:
     rows: list[ImportRow] = []
     errors: list[RowError] = []
     total = 0
-    for number, record in enumerate(records, start=1):
+    for number, record in records:
         if header is None:
             if not any(c.strip() for c in record):
                 continue
@@ -665,11 +801,21 @@ def _preload(conn: Connection, rows: Iterable[ImportRow]) -> tuple[dict, dict]:
         by_tenant.setdefault(r.tenant, set()).add(r.address)
     d = _DEVICE.c
     devices: dict[tuple[str, str], Any] = {}
+    columns = (d.id, d.tenant, d.address, d.name, d.platform, d.ports, d.site, d.change_protocol,
+               d.external_id)
+    postgres = conn.dialect.name == "postgresql"
     for tenant, addresses in by_tenant.items():
         for batch in _batched(sorted(addresses), _QUERY_BATCH):
-            query = sa.select(d.id, d.tenant, d.address, d.name, d.platform, d.ports, d.site,
-                              d.change_protocol, d.external_id).where(
-                d.tenant == tenant, d.address.in_(batch))
+            if postgres:
+                # a join on unnest(array), not IN (...): once psycopg prepares the statement,
+                # PostgreSQL's generic plan filters the whole tenant against the list, row by
+                # row, and each chunk gets slower as the table grows
+                keys = sa.func.unnest(sa.cast(sa.literal(list(batch)), ARRAY(sa.String))
+                                      ).table_valued("address").render_derived()
+                query = sa.select(*columns).join_from(_DEVICE, keys, d.address == keys.c.address
+                                                      ).where(d.tenant == tenant)
+            else:
+                query = sa.select(*columns).where(d.tenant == tenant, d.address.in_(batch))
             for rec in conn.execute(query):
                 devices[(rec.tenant, rec.address)] = rec
     c = _CREDENTIAL.c

@@ -125,6 +125,30 @@ def test_good_xlsx_with_numeric_cells(store, tmp_path):
     assert vault().decrypt(credentials_by_user(store)[("10.9.9.9", "u")][1].secret) == "123456"
 
 
+def test_xlsx_shapes_inline_strings_booleans_gaps_and_other_sheets(store, tmp_path):
+    # write-only workbooks store strings inline; Excel stores them shared (the test above)
+    wb = openpyxl.Workbook(write_only=True)
+    ws = wb.create_sheet("import")
+    ws.append(["address", "username", "password", "auto_change", "ports"])
+    ws.append(["10.3.3.3", "svc", "Inline-Secret", False, 2222])
+    wb.create_sheet("notes").append(["address"])
+    wb.save(tmp_path / "inline.xlsx")
+    assert importer.import_file(tmp_path / "inline.xlsx", store).created == 1
+    dev, cred = credentials_by_user(store)[("10.3.3.3", "svc")]
+    assert (dev.ports, cred.auto_change) == ([2222], False)
+    assert vault().decrypt(cred.secret) == "Inline-Secret"
+    # blank rows and skipped cells: row numbers are the sheet's own
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws["B3"], ws["D3"] = "address", "platform"
+    ws["B4"], ws["D4"] = "10.3.3.4", "linux"
+    ws["B9"], ws["D9"] = "10.3.3.9", "beos"
+    wb.save(tmp_path / "gaps.xlsx")
+    result = importer.import_file(tmp_path / "gaps.xlsx", store)
+    assert (result.rows, result.created) == (2, 1)
+    assert [(e.row, e.column) for e in result.errors] == [(9, "platform")]
+
+
 BAD_ROWS = [
     # (cells by column, the column reported, a piece of the reason)
     ({"address": ""}, "address", "address is required"),
