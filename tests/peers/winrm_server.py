@@ -26,10 +26,8 @@ Usage::
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import http.server
-import ipaddress
 import os
 import re
 import shutil
@@ -42,6 +40,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+from tests.peers.tls import self_signed
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -117,33 +117,7 @@ class _Shell:
 
 def _self_signed_cert(workdir: Path) -> tuple[Path, Path, bytes]:
     """A P-256 self-signed certificate for 127.0.0.1/localhost: (cert, key, DER)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = workdir / "winrm-cert.pem", workdir / "winrm-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path, cert.public_bytes(serialization.Encoding.DER)
+    return self_signed(workdir, "winrm", common_name="localhost", key_type="ec")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
