@@ -416,20 +416,6 @@ def pamflow_overhead(engine, cred_ids: list[int], profile: Path) -> Result:
 
 
 # ----------------------------------------------------------------------------- main
-def _stop(sshd) -> None:
-    """Like SSHD.stop() but leaves the tests' shared sudoers file alone."""
-    if sshd.proc.poll() is None:
-        sshd.proc.terminate()
-        try:
-            sshd.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            sshd.proc.kill()
-    for name in sshd.accounts:
-        subprocess.run(["userdel", "-f", name], capture_output=True)
-    sshd.accounts.clear()
-    shutil.rmtree(sshd.workdir, ignore_errors=True)
-
-
 def _table(results: list[Result], bare: Result | None) -> str:
     head = (f"{'scenario':58} {'accts':>5} {'ok':>5} {'wall s':>8} {'rot/s':>7} "
             f"{'ctl CPU s':>9} {'ctl ms/rot':>10} {'sshd ms/rot':>11} {'others CPU s':>12}")
@@ -519,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ {k: round(v, 1) for k, v in r.phases.items()} } {r.note}", flush=True)
     finally:
         sudoers.unlink(missing_ok=True)
-        _stop(sshd)
+        sshd.stop()
         from pamflow import db
 
         db.reset_engines()

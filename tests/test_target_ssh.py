@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,10 +72,7 @@ def own_sshd():
     try:
         yield server
     finally:
-        # not server.stop(): it would remove the session's sudoers rules
-        server.proc.terminate()
-        server.proc.wait(10)
-        shutil.rmtree(server.workdir, ignore_errors=True)
+        server.stop()  # its own accounts and sudoers drop-in only
 
 
 def endpoint(device: Device, port: int, **settings) -> Endpoint:
