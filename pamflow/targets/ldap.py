@@ -47,6 +47,7 @@ Timeouts: ``timeout`` bounds the TCP connect and every response. Socket errors r
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 
 from pamflow.targets.base import (
@@ -138,7 +139,9 @@ class LDAPTarget:
 
         where = {"device": endpoint.name, "account": account, "step": step}
         conn = ldap3.Connection(self._server(endpoint, timeout), user=bind_name,
-                                password=secret, receive_timeout=timeout,
+                                password=secret,
+                                # ldap3 packs it into SO_RCVTIMEO: whole seconds only
+                                receive_timeout=max(1, math.ceil(timeout)),
                                 auto_referrals=False, raise_exceptions=False,
                                 read_only=False)
         try:
