@@ -507,6 +507,18 @@ def _records(path: Path) -> tuple[str, Iterator[tuple[int, list[str]]]]:
 # validating
 
 
+def _choice(get, column: str, allowed, into: dict, errors: list, row: int) -> None:
+    """A cell that must be one of ``allowed`` (case-insensitive); empty leaves ``into`` alone."""
+    value = get(column, "").strip().lower()
+    if not value:
+        return
+    if value in allowed:
+        into[column] = value
+    else:
+        errors.append(RowError(row, column, f"{column} {_show(value)} is not one of "
+                                            f"{', '.join(allowed)}"))
+
+
 def _text(value: str, column: str, errors: list, row: int, limit: int = MAX_TEXT) -> str | None:
     value = value.strip()
     if not value:
@@ -602,13 +614,7 @@ def validate_row(row: int, cells: dict[str, str]) -> ImportRow | list[RowError]:
     name = _text(get("name", ""), "name", errors, row)
     if name:
         device["name"] = name
-    platform = get("platform", "").strip().lower()
-    if platform:
-        if platform in PLATFORMS:
-            device["platform"] = platform
-        else:
-            errors.append(RowError(row, "platform", f"platform {_show(platform)} is not one of "
-                                                    f"{', '.join(PLATFORMS)}"))
+    _choice(get, "platform", PLATFORMS, device, errors, row)
     ports = get("ports", "").strip()
     if ports:
         try:
@@ -620,13 +626,7 @@ def validate_row(row: int, cells: dict[str, str]) -> ImportRow | list[RowError]:
     site = _text(get("site", ""), "site", errors, row)
     if site:
         device["site"] = site
-    protocol = get("change_protocol", "").strip().lower()
-    if protocol:
-        if protocol in CHANGE_PROTOCOLS:
-            device["change_protocol"] = protocol
-        else:
-            errors.append(RowError(row, "change_protocol", f"change_protocol {_show(protocol)} is "
-                                                           f"not one of {', '.join(CHANGE_PROTOCOLS)}"))
+    _choice(get, "change_protocol", CHANGE_PROTOCOLS, device, errors, row)
     external_id = _text(get("external_id", ""), "external_id", errors, row)
     if external_id:
         device["external_id"] = external_id
@@ -645,12 +645,7 @@ def validate_row(row: int, cells: dict[str, str]) -> ImportRow | list[RowError]:
         else:
             secret = Secret(raw_secret)
     credential: dict[str, Any] = {}
-    kind = get("kind", "").strip().lower()
-    if kind:
-        if kind in KINDS:
-            credential["kind"] = kind
-        else:
-            errors.append(RowError(row, "kind", f"kind {_show(kind)} is not one of {', '.join(KINDS)}"))
+    _choice(get, "kind", KINDS, credential, errors, row)
     interval = get("change_interval_days", "").strip()
     if interval:
         text = interval[:-2] if interval.endswith(".0") else interval
