@@ -11,8 +11,6 @@ The rules live in ``pamflow.queue``, ``pamflow.executor`` and ``pamflow.rotation
 
 from __future__ import annotations
 
-import time
-
 from prefect import flow
 
 from tasks.operations import (
@@ -22,7 +20,7 @@ from tasks.operations import (
     publish_executor_report,
     publish_table,
     retry_failed_operations,
-    runnable_now,
+    serve_operations,
 )
 
 
@@ -33,25 +31,14 @@ def operation_executor(lifetime_s: float = 3600.0, poll_s: float = 1.0, batch_si
     Certificate and Discovery modules.
 
     Polls the queue every ``poll_s`` seconds for ``lifetime_s`` seconds; ``batch_size``
-    operations per claim, ``workers`` concurrent target connections.
+    operations per claim, ``workers`` concurrent target connections. Each burst of work is
+    a task run. On SIGTERM (the worker cancelling the run, ``pamflow up`` stopping) it
+    claims nothing more, gives back what it has not started on a target and ends.
     """
-    from pamflow.executor import new_owner
-
-    owner = new_owner("executor-service")
-    deadline = time.monotonic() + lifetime_s
-    totals = {"owner": owner, "bursts": 0, "batches": 0, "claimed": 0, "succeeded": 0,
-              "failed": 0, "other": 0}
-    while time.monotonic() < deadline:
-        if runnable_now():
-            done = execute_operation_batches(owner, batch_size, workers,
-                                             deadline_s=max(0.0, deadline - time.monotonic()))
-            totals["bursts"] += 1
-            for key in ("batches", "claimed", "succeeded", "failed", "other"):
-                totals[key] += done[key]
-            continue
-        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-    publish_executor_report(totals)
-    return totals
+    summary = serve_operations(lifetime_s, poll_s, batch_size, workers,
+                               burst=execute_operation_batches)
+    publish_executor_report(summary)
+    return summary
 
 
 @flow(name="operation-executor-retry")

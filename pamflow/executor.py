@@ -17,6 +17,7 @@ has handlers for, so executors of different modules share one queue.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -52,20 +53,40 @@ def new_owner(prefix: str = "executor") -> str:
 
 
 class _Heartbeat(threading.Thread):
-    """Renews the leases of the batch in flight every third of the lease."""
+    """Renews the leases of the batch in flight every third of the lease.
 
-    def __init__(self, engine: Engine, ids: list[int], owner: str, lease_s: float) -> None:
+    An operation whose lease could not be renewed (re-claimed, released by recovery) is
+    added to ``lost``, and so is the whole batch when the store has not confirmed a renewal
+    for half a lease: the protocol then stops acting on those operations (their fenced
+    writes would be refused anyway, but a target must not be touched on a lost lease).
+    """
+
+    def __init__(self, engine: Engine, ops: Sequence[Operation], owner: str, lease_s: float,
+                 lost: set[int]) -> None:
         super().__init__(name="pamflow-lease-heartbeat", daemon=True)
-        self.engine, self.ids, self.owner, self.lease_s = engine, ids, owner, lease_s
+        self.engine, self.owner, self.lease_s, self.lost = engine, owner, lease_s, lost
+        self.epochs = {op.id: op.lease_epoch for op in ops}
+        self.ids = list(self.epochs)
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        confirmed = time.monotonic()
         while not self.stopped.wait(max(0.5, self.lease_s / 3)):
             try:
-                held = opqueue.renew(self.engine, self.ids, self.owner, self.lease_s)
+                held = opqueue.renew(self.engine, self.ids, self.owner, self.lease_s, self.epochs)
+                gone = [i for i in self.ids if i not in held]
+                if gone:
+                    log.warning("%s: lease lost on %d operation(s) %s; not acting on them any "
+                                "more", self.owner, len(gone), gone[:20])
+                    self.lost.update(gone)
                 self.ids = [i for i in self.ids if i in held]
+                confirmed = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the store may be briefly away
                 log.warning("lease renewal failed: %s", type(exc).__name__)
+                if time.monotonic() - confirmed > self.lease_s / 2:
+                    log.error("%s: no lease renewal for %.0fs; stopping the batch", self.owner,
+                              time.monotonic() - confirmed)
+                    self.lost.update(self.ids)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -74,7 +95,7 @@ class _Heartbeat(threading.Thread):
 
 def run_batch(ctx: rotation.Context, ops: Sequence[Operation], lease_s: float) -> Counter:
     """Run one claimed batch with its handlers; returns outcome counts by final state."""
-    heartbeat = _Heartbeat(ctx.engine, [op.id for op in ops], ctx.owner or "", lease_s)
+    heartbeat = _Heartbeat(ctx.engine, ops, ctx.owner or "", lease_s, ctx.lost)
     heartbeat.start()
     try:
         by_kind: dict[str, list[Operation]] = {}
@@ -93,7 +114,11 @@ def run_batch(ctx: rotation.Context, ops: Sequence[Operation], lease_s: float) -
         _fail_leftovers(ctx, ops, "the executor left the operation unfinished")
     finally:
         heartbeat.stop()
-    return _outcomes(ctx.engine, [op.id for op in ops])
+    lost = [op.id for op in ops if op.id in ctx.lost]
+    outcome = _outcomes(ctx.engine, [op.id for op in ops if op.id not in ctx.lost])
+    if lost:
+        outcome["lost"] += len(lost)  # another executor (or recovery) finished them
+    return outcome
 
 
 def _fail_leftovers(ctx: rotation.Context, ops: Sequence[Operation], why: str) -> None:
@@ -103,7 +128,7 @@ def _fail_leftovers(ctx: rotation.Context, ops: Sequence[Operation], why: str) -
     """
     try:
         with Session(ctx.engine, expire_on_commit=False) as db:
-            rows = opqueue.held_many(db, [op.id for op in ops], ctx.owner)
+            rows = opqueue.hold(db, {op.id: op.lease_epoch for op in ops}, ctx.owner)
             for row in rows.values():
                 opqueue.mark_failed(db, row, f"{why} (step {row.step or 'claim'})",
                                     retryable=True)
@@ -118,6 +143,8 @@ def _fail_leftovers(ctx: rotation.Context, ops: Sequence[Operation], why: str) -
 
 
 def _outcomes(engine: Engine, ids: list[int]) -> Counter:
+    if not ids:
+        return Counter()
     try:
         with engine.connect() as conn:
             rows = conn.execute(sa.select(Operation.state, sa.func.count())
@@ -132,7 +159,7 @@ def drain(engine: Engine | None = None, *, owner: str | None = None, batch_size:
           lease_s: float = opqueue.DEFAULT_LEASE_SECONDS, max_batches: int | None = None,
           on_batch: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, poll_s: float = 1.0,
-          pipeline: int = 2) -> dict:
+          pipeline: int = 2, stop: threading.Event | None = None) -> dict:
     """Claim and run operations until the queue has nothing runnable; return counts.
 
     ``{"owner", "batches", "claimed", "succeeded", "failed", "other"}``. With
@@ -143,13 +170,17 @@ def drain(engine: Engine | None = None, *, owner: str | None = None, batch_size:
     owner), so one batch's verification overlaps the next one's ``chpasswd``: the target
     hashes passwords in one process per ``chpasswd`` and the verifying logins use the
     other cores.
+
+    ``stop`` (set by a stopping service): no new claim, and the batches in flight give
+    back what they have not started on a target (see ``rotation``), so the executor ends
+    within seconds.
     """
     from .db import store
 
     engine = engine or store()
     owner = owner or new_owner()
     kinds = list(kinds or HANDLERS)
-    ctx = rotation.Context(engine=engine, owner=owner, workers=workers)
+    ctx = rotation.Context(engine=engine, owner=owner, workers=workers, stop=stop)
     totals: Counter = Counter()
     lock = threading.Lock()
     batches = [0]
@@ -160,13 +191,16 @@ def drain(engine: Engine | None = None, *, owner: str | None = None, batch_size:
 
     def loop() -> None:
         while not done():
-            if should_stop is not None and should_stop():
+            if (should_stop is not None and should_stop()) or ctx.stopping():
                 return
             ops = opqueue.claim(engine, owner, batch_size, lease_s=lease_s, kinds=kinds)
             if not ops:
                 if stop_when_empty:
                     return
-                time.sleep(poll_s)
+                if stop is not None:
+                    stop.wait(poll_s)
+                else:
+                    time.sleep(poll_s)
                 continue
             outcome = run_batch(ctx, ops, lease_s)
             with lock:
@@ -204,11 +238,19 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
           kinds: Sequence[str] | None = None, lease_s: float = opqueue.DEFAULT_LEASE_SECONDS,
           on_batch: Callable[[dict], None] | None = None,
           on_idle: Callable[[], None] | None = None,
-          stop: threading.Event | None = None) -> dict:
+          stop: threading.Event | None = None,
+          burst: Callable[..., dict] | None = None) -> dict:
     """One long-lived executor instance: poll every ``poll_s`` for ``lifetime_s`` seconds.
 
-    Stops early (between batches) when ``stop`` is set, and on SIGTERM/SIGINT when run in
-    the main thread. ``on_idle`` is called after each empty poll.
+    When work is runnable it runs a *burst*: ``drain`` until nothing is runnable (or
+    ``burst(**drain_arguments)``, which the Prefect flow uses to make each burst a task
+    run). ``on_idle`` is called after each empty poll.
+
+    Stopping: when ``stop`` is set, and on SIGTERM/SIGINT when run in the main thread, it
+    claims nothing more; the batch in flight gives back (re-queues) the operations it has
+    not yet started on a target and finishes the others, so the instance ends within a
+    few seconds with nothing left running under its lease. The previous signal handlers
+    (Prefect's, in a flow run) are put back on return.
     """
     from .db import store
 
@@ -219,16 +261,18 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, lambda signum, _frame: _stop_requested(stop, signum))
+    run = burst or drain
     totals: Counter = Counter()
     polls = 0
+    log.info("%s serving: polling the queue every %gs for %gs", owner, poll_s, lifetime_s)
     try:
         while not stop.is_set() and time.monotonic() < deadline:
             polls += 1
             if opqueue.runnable_count(engine, kinds or list(HANDLERS)):
-                done = drain(engine, owner=owner, batch_size=batch_size, workers=workers,
-                             kinds=kinds, lease_s=lease_s, on_batch=on_batch,
-                             should_stop=lambda: stop.is_set() or time.monotonic() >= deadline)
+                done = run(engine=engine, owner=owner, batch_size=batch_size, workers=workers,
+                           kinds=kinds, lease_s=lease_s, on_batch=on_batch, stop=stop,
+                           should_stop=lambda: time.monotonic() >= deadline)
                 totals.update({k: v for k, v in done.items() if isinstance(v, int)})
                 continue
             if on_idle is not None:
@@ -237,9 +281,15 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return {"owner": owner, "polls": polls, **{k: totals[k] for k in
-                                               ("batches", "claimed", "succeeded", "failed",
-                                                "other")}}
+    return {"owner": owner, "polls": polls, "stopped": stop.is_set(),
+            **{k: totals[k] for k in ("batches", "claimed", "succeeded", "failed", "other")}}
+
+
+def _stop_requested(stop: threading.Event, signum: int) -> None:
+    if not stop.is_set():
+        log.warning("signal %s: the executor stops claiming and gives back what it has not "
+                    "started", signal.Signals(signum).name)
+    stop.set()
 
 
 def _main(argv: list[str]) -> int:
@@ -250,9 +300,9 @@ def _main(argv: list[str]) -> int:
     batch = int(os.environ.get("PAMFLOW_BATCH_SIZE") or 100)
     if argv[:1] == ["serve"]:
         lifetime = float(argv[1]) if len(argv) > 1 else 3600.0
-        print(serve(lifetime, lease_s=lease, batch_size=batch))
+        print(json.dumps(serve(lifetime, lease_s=lease, batch_size=batch)), flush=True)
         return 0
-    print(drain(lease_s=lease, batch_size=batch))
+    print(json.dumps(drain(lease_s=lease, batch_size=batch)), flush=True)
     return 0
 
 

@@ -109,7 +109,10 @@ def register_blocks(api_url: str) -> None:
 
 def start_worker(api_url: str, pool: str = WORK_POOL, log_path: Path | None = None,
                  query_seconds: float = 2, **extra_env: str) -> subprocess.Popen:
-    env = prefect_env(api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds), **extra_env)
+    """A process worker; its flow runs send pamflow's own log records to Prefect too (the
+    flow run's logs in the UI show what the domain did, not only Prefect's lines)."""
+    env = prefect_env(api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds),
+                      PREFECT_LOGGING_EXTRA_LOGGERS="pamflow", **extra_env)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(
         [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
@@ -120,24 +123,84 @@ def start_worker(api_url: str, pool: str = WORK_POOL, log_path: Path | None = No
     )
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (read from /proc), children before grandchildren."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = parents.get(todo.pop(0), [])
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie waiting for its parent counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def stop(proc: subprocess.Popen | None, deadline: float = 15) -> None:
-    """SIGTERM the process group, then SIGKILL after ``deadline`` seconds."""
+    """Stop ``proc`` and everything it started; SIGKILL what is left after ``deadline`` s.
+
+    Processes it started in sessions of their own (a worker's flow runs) get SIGTERM
+    first and up to ``deadline`` seconds to finish (an executor gives its unstarted work
+    back), while the Prefect server they report to is still up; then ``proc``'s own process
+    group gets SIGTERM, then SIGKILL.
+    """
     if proc is None or proc.poll() is not None:
         return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(deadline)
-    except subprocess.TimeoutExpired:
+    tree = descendants(proc.pid)
+    groups = set()
+    for pid in tree:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            groups.add(os.getpgid(pid))
         except ProcessLookupError:
-            pass
+            continue
+    groups.discard(proc.pid)
+    end = time.monotonic() + deadline
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    while groups and time.monotonic() < end and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(max(1.0, end - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
         proc.wait(5)
-
-
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
+    for pid in tree:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def deploy_all(api_url: str, root: Path = REPO_ROOT, version: str | None = None,

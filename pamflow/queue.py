@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -327,8 +327,8 @@ def claim(engine: Engine | None, owner: str, limit: int = 100, *,
 
 _MARK = sa.text(
     "UPDATE operation SET state = 'running', lease_owner = :owner, lease_expires_at = :lease, "
-    "attempts = attempts + 1, started_at = COALESCE(started_at, :now), error = NULL "
-    "WHERE id = :id")
+    "lease_epoch = lease_epoch + 1, attempts = attempts + 1, "
+    "started_at = COALESCE(started_at, :now), error = NULL WHERE id = :id")
 
 
 def _mark_running(conn: sa.Connection, ids: list[int], owner: str, now: datetime,
@@ -357,21 +357,77 @@ def _mark_running(conn: sa.Connection, ids: list[int], owner: str, now: datetime
 
 
 def renew(engine: Engine | None, ids: Sequence[int], owner: str,
-          lease_s: float = DEFAULT_LEASE_SECONDS) -> set[int]:
-    """Extend ``owner``'s lease on ``ids``; returns the ids it still holds."""
+          lease_s: float = DEFAULT_LEASE_SECONDS, epochs: Mapping[int, int] | None = None
+          ) -> set[int]:
+    """Extend ``owner``'s lease on ``ids``; returns the ids it still holds.
+
+    With ``epochs`` (operation id -> claim epoch) an operation re-claimed since, even by
+    the same owner, counts as lost.
+    """
     if not ids:
         return set()
     engine = _engine(engine)
     lease = utcnow() + timedelta(seconds=lease_s)
+    held_now = (Operation.id.in_(list(ids)), Operation.state == OperationState.running,
+                Operation.lease_owner == owner)
     with engine.begin() as conn:
-        conn.execute(sa.update(Operation).where(Operation.id.in_(list(ids)),
-                                                Operation.state == OperationState.running,
-                                                Operation.lease_owner == owner)
-                     .values(lease_expires_at=lease))
-        held = conn.execute(sa.select(Operation.id).where(
-            Operation.id.in_(list(ids)), Operation.state == OperationState.running,
-            Operation.lease_owner == owner)).scalars().all()
-    return set(held)
+        conn.execute(sa.update(Operation).where(*held_now).values(lease_expires_at=lease))
+        rows = conn.execute(sa.select(Operation.id, Operation.lease_epoch).where(*held_now)).all()
+    return {op_id for op_id, epoch in rows if epochs is None or epochs.get(op_id) == epoch}
+
+
+# ----------------------------------------------------------------------------- fencing
+def hold(db: Session, claims: Mapping[int, int], owner: str | None, *, step: str | None = None,
+         min_lease_s: float | None = None, now: datetime | None = None) -> dict[int, Operation]:
+    """Fence a write: the operations ``owner`` still holds under the epochs it claimed them with.
+
+    ``claims`` maps operation id -> the ``lease_epoch`` its claim returned. For each, one
+    conditional UPDATE (state running, same owner, same epoch) records ``step`` when given;
+    the UPDATE also takes the row's write lock, so a concurrent claim waits for this
+    transaction, and everything the caller writes in it is fenced by the same check. With
+    ``min_lease_s`` the lease must also have at least that many seconds left (a step that
+    acts on a target must not start on a lease about to run out). Operations not returned
+    were lost: re-claimed by another executor (or by a later claim of this one), released
+    by recovery, or closed; the caller must not write anything about them.
+
+    ``owner=None`` (a caller outside the executor) skips the owner and epoch checks.
+    """
+    if not claims:
+        return {}
+    now = now or utcnow()
+    held_ids: list[int] = []
+    for op_id, epoch in claims.items():
+        stmt = sa.update(Operation).where(Operation.id == op_id,
+                                          Operation.state == OperationState.running)
+        if owner is not None:
+            stmt = stmt.where(Operation.lease_owner == owner, Operation.lease_epoch == epoch)
+        if min_lease_s is not None:
+            stmt = stmt.where(Operation.lease_expires_at > now + timedelta(seconds=min_lease_s))
+        stmt = stmt.values(step=step) if step else stmt.values(lease_epoch=Operation.lease_epoch)
+        if db.execute(stmt.execution_options(synchronize_session=False)).rowcount:
+            held_ids.append(op_id)
+    if not held_ids:
+        return {}
+    # populate_existing: the UPDATEs above bypassed the session's identity map
+    rows = db.exec(select(Operation).where(Operation.id.in_(held_ids))
+                   .execution_options(populate_existing=True)).all()
+    return {row.id: row for row in rows}
+
+
+def release(db: Session, ops: Iterable[Operation], reason: str) -> int:
+    """Give held operations back to the queue untouched (a stopping executor): queued again,
+    their claim not counted as an attempt. The caller fenced them with ``hold``."""
+    n = 0
+    for op in ops:
+        op.state = OperationState.queued
+        op.lease_owner = None
+        op.lease_expires_at = None
+        op.attempts = max(0, op.attempts - 1)
+        op.step = None
+        op.error = reason
+        db.add(op)
+        n += 1
+    return n
 
 
 # ----------------------------------------------------------------------------- finish
@@ -452,12 +508,19 @@ def fail(engine: Engine | None, op_id: int, owner: str | None, error: str, *,
         return True
 
 
+SECRET_KINDS = (OperationKind.change, OperationKind.activate, OperationKind.reconcile)
+
+
 def retry_failed(engine: Engine | None = None, *, limit: int = 1000,
                  now: datetime | None = None) -> list[int]:
     """Re-queue failed, retryable operations whose backoff has passed (the Retry robot).
 
-    One already queued for the same credential and kind makes the retry redundant: the
-    failed one is then left failed and marked not retryable ("superseded").
+    Not re-queued, and no longer retryable ("superseded"): one already queued for the same
+    credential and kind makes the retry redundant; a change whose credential's password
+    was changed (or settled by reconciliation) after the failure has nothing left to do.
+    Left for later (still retryable): an operation whose credential has a secret-changing
+    operation queued or running, or is waiting for reconciliation (a pending secret, or
+    status unverified) — retrying then could rotate a password twice.
     """
     now = now or utcnow()
     requeued: list[int] = []
@@ -466,12 +529,23 @@ def retry_failed(engine: Engine | None = None, *, limit: int = 1000,
             Operation.state == OperationState.failed, Operation.retryable == sa.true(),
             Operation.attempts < Operation.max_attempts, Operation.not_before <= now)
             .order_by(Operation.priority, Operation.not_before).limit(limit)).all()
+        cred_ids = {op.credential_id for op in ops if op.credential_id is not None}
+        creds = {c.id: c for c in db.exec(select(Credential).where(
+            Credential.id.in_(cred_ids)))} if cred_ids else {}
+        busy = set(db.exec(select(Operation.credential_id).where(
+            Operation.credential_id.in_(cred_ids), Operation.kind.in_(SECRET_KINDS),
+            Operation.state.in_(ACTIVE_STATES)))) if cred_ids else set()
         for op in ops:
-            if op.credential_id is not None and _queued_for(db, op.credential_id, op.kind):
+            cred = creds.get(op.credential_id) if op.credential_id is not None else None
+            why = _superseded(db, op, cred)
+            if why:
                 op.retryable = False
-                op.result = {**(op.result or {}), "superseded": True}
+                op.result = {**(op.result or {}), "superseded": why}
                 db.add(op)
                 continue
+            if cred is not None and (op.credential_id in busy or cred.pending_secret
+                                     or cred.status == "unverified"):
+                continue  # settle first; retried on a later pass if still needed
             op.state = OperationState.queued
             op.finished_at = None
             op.retryable = False
@@ -479,11 +553,26 @@ def retry_failed(engine: Engine | None = None, *, limit: int = 1000,
             db.add(op)
             db.flush()
             requeued.append(op.id)
+            if op.credential_id is not None and op.kind in SECRET_KINDS:
+                busy.add(op.credential_id)
         if requeued:
             audit.record(db, "robot:operation-executor-retry", "operation.retry", "operation",
                          None, {"operation_ids": requeued[:200], "count": len(requeued)})
         db.commit()
     return requeued
+
+
+def _superseded(db: Session, op: Operation, cred: Credential | None) -> str | None:
+    if op.credential_id is None:
+        return None
+    if cred is None:
+        return "the credential no longer exists"
+    if _queued_for(db, op.credential_id, op.kind) is not None:
+        return f"a {op.kind} is queued for the credential already"
+    if op.kind in (OperationKind.change, OperationKind.activate) and cred.last_changed_at \
+            and op.finished_at and cred.last_changed_at > op.finished_at:
+        return "the password was changed after this operation failed"
+    return None
 
 
 def cancel(engine: Engine | None, op_id: int, *, reason: str = "cancelled",
@@ -586,5 +675,5 @@ def runnable_count(engine: Engine | None = None, kinds: Sequence[str] | None = N
 
 __all__ = ["DEFAULT_LEASE_SECONDS", "Enqueued", "QueueError", "backoff", "cancel",
            "cancel_expired", "claim", "complete", "counts", "emit_queued", "enqueue",
-           "enqueue_many", "fail", "held", "held_many", "mark_failed", "mark_succeeded",
+           "enqueue_many", "fail", "held", "held_many", "hold", "release", "mark_failed", "mark_succeeded",
            "release_expired_leases", "renew", "retry_failed", "runnable_count"]

@@ -24,8 +24,21 @@ Work is batched: a claimed batch's changes are grouped per device and each devic
 ``target.apply`` with all its accounts (one ``sudo chpasswd`` over one admin connection on
 SSH); verification runs concurrently in a thread pool with per-host timeouts.
 
-Fault injection (tests only): with ``PAMFLOW_FAULT_AFTER_STEP=<step>`` the process
-SIGKILLs itself right after that step is committed.
+Every write about an operation is *fenced*: it happens in a transaction that first checks,
+with one conditional UPDATE, that this executor still holds the operation under the lease
+epoch it claimed it with (``queue.hold``). An executor that stalled while its operation
+was re-claimed writes nothing more, and it does not touch the target: the apply step also
+requires the lease to have time left, and the lease heartbeat marks lost operations so
+the batch drops them. A pending secret that reconciliation finds unconfirmed is not
+thrown away but kept in the credential's history, and reconciliation tries those too, so
+even a secret applied on a lost lease can be found again.
+
+A stopping executor (SIGTERM) gives back the operations it has not started on a target
+(re-queued, the attempt not counted) and finishes the others.
+
+Fault injection (tests only): ``pamflow.faults``; with ``PAMFLOW_FAULT_AFTER_STEP=<step>``
+the process SIGKILLs itself right after that step is committed (``target_applied``: after
+the target took the change, before ``applied`` is committed).
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,10 +55,12 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from . import audit, notifications
 from . import queue as opqueue
+from .faults import FAULT_ENV, checkpoint
 from .models import (
     Credential,
     CredentialHistory,
@@ -65,18 +80,12 @@ from .vault import Vault, VaultError, vault
 log = logging.getLogger(__name__)
 
 STEPS = ("claimed", "pending_stored", "applied", "verified", "promoted")
-FAULT_ENV = "PAMFLOW_FAULT_AFTER_STEP"
 DEFAULT_TIMEOUT = 20.0
+UNCONFIRMED = "unconfirmed pending"  # history reason prefix of a pending secret set aside
+UNCONFIRMED_TRIED = 3  # how many of them reconciliation tries (newest first)
 # target steps at which nothing can have been changed yet (an error there clears pending)
 PRE_APPLY_STEPS = {"", "connect", "login", "admin login", "validate", "select target", "bind",
                    "admin bind", "negotiate", "host key"}
-
-
-def checkpoint(step: str) -> None:
-    """Fault-injection hook: SIGKILL this process right after ``step`` committed (tests)."""
-    if os.environ.get(FAULT_ENV) == step:
-        log.warning("fault injection: killing process %d after step %s", os.getpid(), step)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _scrub(text: str, secrets: Iterable[str | None]) -> str:
@@ -98,7 +107,22 @@ class Context:
         os.environ.get("PAMFLOW_TARGET_TIMEOUT") or DEFAULT_TIMEOUT))
     actor: str = "robot:operation-executor"
     vault: Vault = field(default_factory=vault)
+    stop: threading.Event | None = None  # set: give back what has not started on a target
+    lost: set[int] = field(default_factory=set)  # operations whose lease the heartbeat lost
     _policies: dict = field(default_factory=dict)
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def keep(self, works: Sequence[Work]) -> list[Work]:
+        """The works whose lease is not known to be lost."""
+        if not self.lost:
+            return list(works)
+        dropped = [w.op_id for w in works if w.op_id in self.lost]
+        if dropped:
+            log.warning("%s: dropping %d operation(s) whose lease was lost: %s", self.owner,
+                        len(dropped), dropped[:20])
+        return [w for w in works if w.op_id not in self.lost]
 
     def target(self, protocol: str) -> PasswordTarget:
         return get_target(protocol, self.engine)
@@ -149,6 +173,9 @@ class Work:
     parameters: dict = field(default_factory=dict)
     new: str | None = field(default=None, repr=False)
     step: str | None = None
+    epoch: int = 0  # the lease epoch of this executor's claim (the fencing token)
+    unconfirmed: list[str] = field(default_factory=list, repr=False)  # set-aside pendings
+    reconcile_error: str | None = None  # why the reconcile account could not set the password
 
     @property
     def secrets(self) -> list[str]:
@@ -169,13 +196,19 @@ class Work:
 
 @dataclass
 class Problem:
-    """An operation that cannot even start (bad data): closed with a clear error."""
+    """An operation that cannot even start (bad data): closed with a clear error.
+
+    ``attention``: the credential's own data is at fault (an undecryptable secret, an
+    admin credential without a password, no target for the platform); trying again will
+    fail the same way until someone changes it, so the credential is flagged.
+    """
 
     op: Operation
     error: str
     device: str = ""
     account: str = ""
     retryable: bool = False
+    attention: bool = False
 
 
 def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
@@ -255,7 +288,7 @@ def load(ctx: Context, ops: Sequence[Operation]) -> tuple[list[Work], list[Probl
             except (TargetError, VaultError) as exc:
                 problems.append(Problem(op, f"{op.kind} of account {cred.username} on device "
                                             f"{dev.name} failed at step load: {exc}", dev.name,
-                                        cred.username))
+                                        cred.username, attention=True))
                 continue
             if not dev.active:
                 problems.append(Problem(op, f"{op.kind} of account {cred.username} on device "
@@ -269,8 +302,26 @@ def load(ctx: Context, ops: Sequence[Operation]) -> tuple[list[Work], list[Probl
                 current=current, pending=pending, pending_cipher=cred.pending_secret,
                 pending_is_mine=cred.pending_operation_id == op.id, status=cred.status,
                 policy=cred.policy or "default", parameters=dict(op.parameters or {}),
-                step=op.step))
+                step=op.step, epoch=op.lease_epoch))
+        _load_unconfirmed(db, works)
     return works, problems
+
+
+def _load_unconfirmed(db: Session, works: list[Work]) -> None:
+    """The newest set-aside pending secrets of credentials reconciliation may settle."""
+    settling = {w.credential_id: w for w in works
+                if w.pending or w.kind in (OperationKind.reconcile, OperationKind.verify)
+                or w.status in (CredentialStatus.unverified, CredentialStatus.invalid)}
+    if not settling:
+        return
+    rows = db.exec(select(CredentialHistory.credential_id, CredentialHistory.secret).where(
+        CredentialHistory.credential_id.in_(list(settling)),
+        CredentialHistory.reason.like(f"{UNCONFIRMED}%")).order_by(CredentialHistory.id.desc())
+    ).all()
+    for cred_id, cipher in rows:
+        w = settling[cred_id]
+        if len(w.unconfirmed) < UNCONFIRMED_TRIED:
+            w.unconfirmed.append(cipher)
 
 
 def _login(v: Vault, cred: Credential | None, dev: Device, role: str) -> Login:
@@ -289,12 +340,44 @@ def _notify_failure(db: Session, kind: str, w_ctx: dict, error: str) -> None:
     notifications.queue(db, name, f"{name}: {who}", error, w_ctx)
 
 
+def _hold(db: Session, ctx: Context, works: Sequence[Work], step: str | None = None,
+          min_lease_s: float | None = None) -> dict[int, Operation]:
+    """Fence this transaction: the works' operations still held by this executor."""
+    return opqueue.hold(db, {w.op_id: w.epoch for w in works}, ctx.owner, step=step,
+                        min_lease_s=min_lease_s)
+
+
+def _advance(db: Session, ctx: Context, works: Sequence[Work], step: str) -> list[Work]:
+    """Record ``step`` on the works still held (fenced); the others are dropped."""
+    held = _hold(db, ctx, ctx.keep(works), step=step)
+    kept = [w for w in works if w.op_id in held]
+    for w in kept:
+        w.step = step
+    _log_lost(ctx, works, held, step)
+    return kept
+
+
+def _log_lost(ctx: Context, works: Sequence[Work], held: dict, step: str) -> None:
+    lost = [w.op_id for w in works if w.op_id not in held]
+    if lost:
+        ctx.lost.update(lost)
+        log.warning("%s: lease lost at step %s on operation(s) %s; another executor or "
+                    "recovery settles them", ctx.owner, step, lost[:20])
+
+
 def close_problems(ctx: Context, problems: Sequence[Problem]) -> None:
-    """Fail operations that could not start, with a notification and an audit row each."""
+    """Fail operations that could not start, with a notification and an audit row each.
+
+    A credential whose own data is at fault is flagged for attention: its failure is
+    notified once, and the robots queue nothing more for it until it is changed.
+    """
     if not problems:
         return
+    now = utcnow()
     with Session(ctx.engine, expire_on_commit=False) as db:
-        held = opqueue.held_many(db, [p.op.id for p in problems], ctx.owner)
+        held = opqueue.hold(db, {p.op.id: p.op.lease_epoch for p in problems}, ctx.owner)
+        creds = _credentials(db, [p.op.credential_id for p in problems
+                                  if p.attention and p.op.credential_id is not None])
         for p in problems:
             op = held.get(p.op.id)
             if op is None:
@@ -303,6 +386,14 @@ def close_problems(ctx: Context, problems: Sequence[Problem]) -> None:
                                 result={"failed_step": "load"})
             context = {"operation_id": op.id, "credential_id": op.credential_id,
                        "device_id": op.device_id, "device": p.device, "account": p.account}
+            cred = creds.get(op.credential_id) if p.attention else None
+            if cred is not None:
+                already = cred.attention is not None and not _changed_since_attention(db, cred)
+                cred.attention, cred.attention_at = p.error[:1000], now
+                db.add(cred)  # updated_at stays: attention is cleared by a later change
+                context["attention"] = True
+                if already:  # the same unchanged data failed again: said once already
+                    continue
             _notify_failure(db, op.kind, context, p.error)
             audit.record(db, ctx.actor, f"operation.{op.kind}.failed", "operation", op.id,
                          {**context, "error": p.error})
@@ -311,12 +402,31 @@ def close_problems(ctx: Context, problems: Sequence[Problem]) -> None:
         log.warning("operation %s failed: %s", p.op.id, p.error)
 
 
-def _set_step(db: Session, works: Sequence[Work], step: str) -> None:
-    ids = [w.op_id for w in works]
-    if ids:
-        db.execute(sa.update(Operation).where(Operation.id.in_(ids)).values(step=step))
-    for w in works:
-        w.step = step
+def _changed_since_attention(db: Session, cred: Credential) -> bool:
+    """Was the credential, its device or the device's admin/reconcile credential changed
+    after it was flagged for attention?"""
+    if cred.attention_at is None:
+        return True
+    dev = db.get(Device, cred.device_id)
+    stamps = [cred.updated_at, dev.updated_at if dev else None]
+    for other in (dev.admin_credential_id, dev.reconcile_credential_id) if dev else ():
+        row = db.get(Credential, other) if other else None
+        stamps.append(row.updated_at if row else None)
+    return any(s is not None and s > cred.attention_at for s in stamps)
+
+
+def attention_cleared():
+    """SQL: the credential is not flagged, or something changed after it was (join Device)."""
+    admin = aliased(Credential)
+    recon = aliased(Credential)
+    changed_admin = sa.select(admin.updated_at).where(
+        admin.id == Device.admin_credential_id).scalar_subquery()
+    changed_recon = sa.select(recon.updated_at).where(
+        recon.id == Device.reconcile_credential_id).scalar_subquery()
+    return sa.or_(Credential.attention.is_(None), Credential.attention_at < Credential.updated_at,
+                  Credential.attention_at < Device.updated_at,
+                  Credential.attention_at < changed_admin,
+                  Credential.attention_at < changed_recon)
 
 
 def _fail_works(ctx: Context, failures: Sequence[tuple]) -> None:
@@ -324,13 +434,17 @@ def _fail_works(ctx: Context, failures: Sequence[tuple]) -> None:
 
     Known not applied: pending cleared, status kept. Unknown: the credential is unverified
     with its pending secret, and the operation is retryable (reconciliation settles it).
+    Only operations this executor still holds are written (fenced).
     """
     if not failures:
         return
     with Session(ctx.engine, expire_on_commit=False) as db:
-        creds = _credentials(db, [w.credential_id for w, *_ in failures])
-        held = opqueue.held_many(db, [f[0].op_id for f in failures], ctx.owner)
+        held = _hold(db, ctx, [f[0] for f in failures])
+        creds = _credentials(db, [w.credential_id for w, *_ in failures if w.op_id in held])
         for w, error, unknown, step, *rest in failures:
+            op = held.get(w.op_id)
+            if op is None:
+                continue
             cred = creds.get(w.credential_id)
             if cred is not None:
                 if unknown:
@@ -340,9 +454,6 @@ def _fail_works(ctx: Context, failures: Sequence[tuple]) -> None:
                     _clear_pending(cred)  # known not applied: the write-ahead is void
                 cred.updated_at = utcnow()
                 db.add(cred)
-            op = held.get(w.op_id)
-            if op is None:
-                continue
             retryable = unknown or bool(rest and rest[0])
             # Operation.step stays the last protocol step reached; where it failed is in
             # the error text and the result
@@ -353,8 +464,29 @@ def _fail_works(ctx: Context, failures: Sequence[tuple]) -> None:
                          w.credential_id, {**w.context(), "step": step, "error": error,
                                            "outcome_unknown": unknown})
         db.commit()
+    _log_lost(ctx, [f[0] for f in failures], held, "fail")
     for w, error, *_rest in failures:
-        log.warning("operation %s failed: %s", w.op_id, error)
+        if w.op_id in held:
+            log.warning("operation %s failed: %s", w.op_id, error)
+
+
+def _release(ctx: Context, works: Sequence[Work], why: str) -> None:
+    """Give operations back to the queue untouched (stopping before the target was touched):
+    a pending secret this operation stored is void and cleared."""
+    if not works:
+        return
+    with Session(ctx.engine, expire_on_commit=False) as db:
+        held = _hold(db, ctx, works)
+        creds = _credentials(db, [w.credential_id for w in works if w.op_id in held])
+        for w in works:
+            cred = creds.get(w.credential_id)
+            if w.op_id in held and cred is not None and cred.pending_operation_id == w.op_id:
+                _clear_pending(cred)
+                db.add(cred)
+        n = opqueue.release(db, held.values(), why)
+        db.commit()
+    if n:
+        log.info("%s: gave back %d operation(s) not started on a target: %s", ctx.owner, n, why)
 
 
 def _credentials(db: Session, ids: Iterable[int]) -> dict[int, Credential]:
@@ -370,11 +502,29 @@ def _clear_pending(cred: Credential) -> None:
     cred.pending_since = None
 
 
-def _promote(db: Session, cred: Credential, reason: str, now: datetime) -> None:
-    """Pending becomes current; the previous current goes to history."""
+def _set_aside(db: Session, cred: Credential, now: datetime) -> None:
+    """Drop an unconfirmed pending secret into the history instead of forgetting it.
+
+    Reconciliation found that it does not log in, so it is not the password now; but an
+    executor that lost its lease might still have been applying it. Kept (encrypted) and
+    tried again by reconciliation, it can never become a lost password.
+    """
+    if cred.pending_secret:
+        db.add(CredentialHistory(credential_id=cred.id, version=cred.secret_version + 1,
+                                 secret=cred.pending_secret, retired_at=now,
+                                 reason=f"{UNCONFIRMED} of operation {cred.pending_operation_id}"))
+    _clear_pending(cred)
+
+
+def _retire_current(db: Session, cred: Credential, reason: str, now: datetime) -> None:
     if cred.secret:
         db.add(CredentialHistory(credential_id=cred.id, version=cred.secret_version,
                                  secret=cred.secret, retired_at=now, reason=reason))
+
+
+def _promote(db: Session, cred: Credential, reason: str, now: datetime) -> None:
+    """Pending becomes current; the previous current goes to history."""
+    _retire_current(db, cred, reason, now)
     cred.secret = cred.pending_secret
     cred.secret_version += 1
     _clear_pending(cred)
@@ -390,6 +540,7 @@ def _mark_ok(cred: Credential, now: datetime, detail: str | None = None) -> None
     cred.status_detail = detail
     cred.last_verified_at = now
     cred.updated_at = now
+    cred.attention = cred.attention_at = None
 
 
 # ----------------------------------------------------------------------------- target calls
@@ -417,21 +568,36 @@ SETTLED = ("pending", "current", "reconcile")
 
 
 def _try_secrets(ctx: Context, w: Work) -> str:
-    """Which secret logs in: 'pending', 'current', 'reconcile' (reset through the reconcile
-    account), 'invalid' (none) — or raise when the target cannot tell."""
+    """Which secret logs in: 'pending', 'current', 'unconfirmed:<n>' (a pending secret set
+    aside earlier, see ``_set_aside``), 'reconcile' (reset through the reconcile account to
+    the pending or recorded secret), 'invalid' (none) — or raise when the target cannot tell."""
     if w.pending and _verify(ctx, w, w.pending):
         return "pending"
     if w.current and w.current != w.pending and _verify(ctx, w, w.current):
         return "current"
+    for n, cipher in enumerate(w.unconfirmed):
+        try:
+            secret = ctx.vault.decrypt(cipher)
+        except VaultError:
+            continue
+        if secret not in (w.pending, w.current) and _verify(ctx, w, secret):
+            return f"unconfirmed:{n}"
     if w.reconciler is None:
         return "invalid"
     secret = w.pending or w.current
     if not secret:
         return "invalid"
-    [result] = ctx.target(w.protocol).apply(
-        w.endpoint, [Change(w.username, secret, None)], w.reconciler, ctx.timeout)
-    if result.error is not None:
-        raise result.error
+    try:
+        [result] = ctx.target(w.protocol).apply(
+            w.endpoint, [Change(w.username, secret, None)], w.reconciler, ctx.timeout)
+        if result.error is not None:
+            raise result.error
+    except TargetError as exc:
+        if _outcome_unknown(exc):
+            raise
+        # nothing was changed (the reconcile account was refused, the change refused): known
+        w.reconcile_error = _describe(exc, w.secrets)
+        return "invalid"
     if _verify(ctx, w, secret):
         return "reconcile"
     return "invalid"
@@ -440,16 +606,26 @@ def _try_secrets(ctx: Context, w: Work) -> str:
 def settle(ctx: Context, works: Sequence[Work]) -> dict[int, str]:
     """Reconcile each work's credential; record which secret is true. op_id -> outcome.
 
-    Outcomes: 'pending' (promoted), 'current' (pending dropped), 'reconcile' (reset through
-    the reconcile account to the recorded secret), 'invalid', or 'unknown: <error>'.
-    The operations themselves stay running: the caller closes them.
+    Outcomes: 'pending' (promoted), 'current' (pending set aside), 'unconfirmed:<n>' (a
+    set-aside pending secret is the real one: it becomes current), 'reconcile' (reset
+    through the reconcile account), 'invalid', 'lost' (this executor no longer holds the
+    operation: nothing written), or 'unknown: <error>'. The operations stay running: the
+    caller closes them.
+
+    When the pending secret that is promoted belongs to an earlier operation that failed
+    with an unknown outcome, that operation is closed as succeeded: its change did happen,
+    so the Retry robot must not make it again.
     """
+    works = ctx.keep(works)
     results = _parallel(ctx, works, lambda w: _try_secrets(ctx, w))
-    outcomes: dict[int, str] = {}
+    outcomes: dict[int, str] = {w.op_id: "lost" for w in works}
     now = utcnow()
     with Session(ctx.engine, expire_on_commit=False) as db:
-        creds = _credentials(db, [w.credential_id for w in works])
+        held = _hold(db, ctx, works)
+        creds = _credentials(db, [w.credential_id for w in works if w.op_id in held])
         for w, res in zip(works, results, strict=True):
+            if w.op_id not in held:
+                continue
             cred = creds.get(w.credential_id)
             if cred is None:
                 outcomes[w.op_id] = "unknown: the credential was deleted"
@@ -463,14 +639,23 @@ def settle(ctx: Context, works: Sequence[Work]) -> dict[int, str]:
                     db.add(cred)
                 continue
             outcomes[w.op_id] = res
+            was_invalid = cred.status == CredentialStatus.invalid
             used_pending = res == "pending" or (res == "reconcile" and w.pending)
             if used_pending and cred.pending_secret:
+                _close_earlier_change(db, cred.pending_operation_id, w.op_id, now)
                 _promote(db, cred, f"reconciled by operation {w.op_id}", now)
                 cred.status_detail = ("pending password confirmed by reconciliation"
                                       if res == "pending" else
                                       "pending password set through the reconcile account")
+            elif res.startswith("unconfirmed:"):
+                _set_aside(db, cred, now)
+                _retire_current(db, cred, f"reconciled by operation {w.op_id}", now)
+                cred.secret = w.unconfirmed[int(res.split(":")[1])]
+                cred.secret_version += 1
+                cred.last_changed_at = now
+                _mark_ok(cred, now, "a password set aside as unconfirmed logs in: recorded")
             elif res in ("current", "reconcile"):
-                _clear_pending(cred)
+                _set_aside(db, cred, now)
                 _mark_ok(cred, now, "recorded password confirmed by reconciliation"
                          if res == "current" else
                          "recorded password set through the reconcile account")
@@ -478,23 +663,49 @@ def settle(ctx: Context, works: Sequence[Work]) -> dict[int, str]:
                 cred.status = CredentialStatus.invalid
                 cred.status_detail = ("neither the pending nor the recorded password logs in"
                                       + ("; no reconcile account" if w.reconciler is None else
-                                         "; the reconcile account could not fix it"))
+                                         "; the reconcile account could not fix it"
+                                         + (f": {w.reconcile_error}" if w.reconcile_error
+                                            else "")))[:500]
                 cred.updated_at = now
+                if w.reconciler is not None:  # reconciliation will not try again by itself
+                    cred.attention = cred.status_detail
+                    cred.attention_at = now
             db.add(cred)
             audit.record(db, ctx.actor, "credential.reconciled", "credential", w.credential_id,
                          {**w.context(), "true_secret": res, "status": cred.status})
-            if res == "invalid":
+            if res == "invalid" and not was_invalid:
                 notifications.queue(db, "Invalid password",
                                     f"Invalid password: {w.username} on {w.device}",
                                     f"Reconciliation found that no recorded password of "
                                     f"{w.username} on {w.device} logs in.", w.context())
-            elif res == "reconcile" or used_pending:
+            elif res == "reconcile" or used_pending or res.startswith("unconfirmed:"):
+                how = {"reconcile": "set through the reconcile account",
+                       "pending": "the pending password"}.get(res, "a password set aside earlier")
                 notifications.queue(db, "Password changed",
                                     f"Password changed: {w.username} on {w.device}",
                                     f"Reconciliation recorded the password of {w.username} on "
-                                    f"{w.device} as {res} (operation {w.op_id}).", w.context())
+                                    f"{w.device}: {how} (operation {w.op_id}).", w.context())
         db.commit()
+    _log_lost(ctx, works, held, "reconcile")
     return outcomes
+
+
+def _close_earlier_change(db: Session, op_id: int | None, settling_op: int, now: datetime) -> None:
+    """The failed (unknown outcome) operation whose pending secret reconciliation just
+    confirmed did its job: close it as succeeded so it is not retried."""
+    if op_id is None or op_id == settling_op:
+        return
+    op = db.get(Operation, op_id)
+    if op is None or op.state != OperationState.failed:
+        return
+    op.state = OperationState.succeeded
+    op.retryable = False
+    op.step = "promoted"
+    op.result = {**(op.result or {}), "settled_by_operation": settling_op,
+                 "last_error": op.error}
+    op.error = None
+    op.finished_at = now
+    db.add(op)
 
 
 # ----------------------------------------------------------------------------- change/activate
@@ -509,32 +720,43 @@ def run_changes(ctx: Context, ops: Sequence[Operation]) -> None:
     unsettled = [w for w in works if w.pending or w.status == CredentialStatus.unverified]
     if unsettled:
         outcomes = settle(ctx, unsettled)
-        done, failed = [], []
+        done, failed, gone = [], [], set()
         for w in unsettled:
             res = outcomes[w.op_id]
-            if res.startswith("unknown") or res == "invalid":
+            if res == "lost":
+                gone.add(w.op_id)
+            elif res.startswith("unknown") or res == "invalid":
                 failed.append((w, f"{w.kind} of {w.where('reconcile before change')} could not "
                                   f"settle the previous change: {res}", res != "invalid",
                                "reconcile"))
             elif res in ("pending", "reconcile") and w.pending_is_mine:
                 done.append(w)  # this very change had been applied before the crash
             else:
-                w.current = w.pending if res in ("pending", "reconcile") and w.pending else w.current
+                if res.startswith("unconfirmed:"):
+                    w.current = ctx.vault.decrypt(w.unconfirmed[int(res.split(":")[1])])
+                elif res in ("pending", "reconcile") and w.pending:
+                    w.current = w.pending
                 w.pending = w.pending_cipher = None
         _finish_changes(ctx, done, recovered=True)
         _fail_works(ctx, failed)
-        settled_ids = {w.op_id for w in done} | {f[0].op_id for f in failed}
+        settled_ids = {w.op_id for w in done} | {f[0].op_id for f in failed} | gone
         works = [w for w in works if w.op_id not in settled_ids]
     if not works:
         return
+    if ctx.stopping():
+        _release(ctx, works, "the executor stopped before the change started")
+        return
     timer = _StepTimer(len(works))
     with Session(ctx.engine, expire_on_commit=False) as db:
-        _set_step(db, works, "claimed")
+        works = _advance(db, ctx, works, "claimed")
         db.commit()
     checkpoint("claimed")
     works = _store_pending(ctx, works)
     timer.lap("pending_stored")
     checkpoint("pending_stored")
+    if ctx.stopping():
+        _release(ctx, works, "the executor stopped before the target was touched")
+        return
     works = _apply(ctx, works)
     timer.lap("applied")
     checkpoint("applied")
@@ -571,6 +793,9 @@ def _store_pending(ctx: Context, works: list[Work]) -> list[Work]:
     bad: list[tuple] = []
     kept: list[Work] = []
     with Session(ctx.engine, expire_on_commit=False) as db:
+        held = _hold(db, ctx, ctx.keep(works), step="pending_stored")
+        _log_lost(ctx, works, held, "pending_stored")
+        works = [w for w in works if w.op_id in held]
         creds = _credentials(db, [w.credential_id for w in works])
         for w in works:
             try:
@@ -591,15 +816,29 @@ def _store_pending(ctx: Context, works: list[Work]) -> list[Work]:
             cred.updated_at = now
             db.add(cred)
             w.pending, w.pending_cipher, w.pending_is_mine = w.new, cipher, True
+            w.step = "pending_stored"
             kept.append(w)
-        _set_step(db, kept, "pending_stored")
         db.commit()
     _fail_works(ctx, bad)
     return kept
 
 
 def _apply(ctx: Context, works: list[Work]) -> list[Work]:
-    """Step 3: one ``target.apply`` per device with all its accounts, devices in parallel."""
+    """Step 3: one ``target.apply`` per device with all its accounts, devices in parallel.
+
+    Only operations whose lease still has room for the apply are sent to the target (an
+    executor that stalled must not change a password another executor now owns); the
+    others are given back untouched.
+    """
+    with Session(ctx.engine, expire_on_commit=False) as db:
+        held = _hold(db, ctx, ctx.keep(works), min_lease_s=2 * ctx.timeout)
+        db.commit()
+    late = [w for w in ctx.keep(works) if w.op_id not in held]
+    if late:
+        log.warning("%s: lease too short or lost for %d operation(s); not applied",
+                    ctx.owner, len(late))
+        _release(ctx, late, "the lease had no time left to apply the change")
+    works = [w for w in works if w.op_id in held]
     by_device: dict[int, list[Work]] = defaultdict(list)
     for w in works:
         by_device[w.device_id].append(w)
@@ -637,10 +876,12 @@ def _apply(ctx: Context, works: list[Work]) -> list[Work]:
                                  _outcome_unknown(r.error), step, r.error.retryable))
             else:
                 applied.append(w)
+    checkpoint("target_applied")
     _fail_works(ctx, failures)
     if applied:
         now = utcnow()
         with Session(ctx.engine, expire_on_commit=False) as db:
+            applied = _advance(db, ctx, applied, "applied")
             creds = _credentials(db, [w.credential_id for w in applied])
             for w in applied:
                 cred = creds[w.credential_id]
@@ -648,13 +889,13 @@ def _apply(ctx: Context, works: list[Work]) -> list[Work]:
                 cred.status_detail = f"new password applied by operation {w.op_id}, not yet verified"
                 cred.updated_at = now
                 db.add(cred)
-            _set_step(db, applied, "applied")
             db.commit()
     return applied
 
 
 def _verify_new(ctx: Context, works: list[Work]) -> list[Work]:
     """Step 4: log in with each new secret, concurrently; inconclusive -> unverified."""
+    works = ctx.keep(works)
     results = _parallel(ctx, works, lambda w: _verify(ctx, w, w.new or ""))
     verified: list[Work] = []
     refused: list[Work] = []
@@ -675,6 +916,8 @@ def _verify_new(ctx: Context, works: list[Work]) -> list[Work]:
             if res == "pending":
                 verified.append(w)  # promoted by settle already; closed below as a change
                 w.step = "promoted-by-settle"
+            elif res == "lost":
+                continue
             else:
                 failures.append((w, f"{w.kind} of {w.where('verify')} failed: the target took "
                                     f"the change but the new password does not log in; "
@@ -683,8 +926,11 @@ def _verify_new(ctx: Context, works: list[Work]) -> list[Work]:
     _fail_works(ctx, failures)
     if verified:
         with Session(ctx.engine, expire_on_commit=False) as db:
-            _set_step(db, [w for w in verified if w.step != "promoted-by-settle"], "verified")
+            fresh = _advance(db, ctx, [w for w in verified if w.step != "promoted-by-settle"],
+                             "verified")
             db.commit()
+        kept = {w.op_id for w in fresh}
+        verified = [w for w in verified if w.op_id in kept or w.step == "promoted-by-settle"]
     return verified
 
 
@@ -694,20 +940,16 @@ def _finish_changes(ctx: Context, works: Sequence[Work], recovered: bool = False
         return
     now = utcnow()
     with Session(ctx.engine, expire_on_commit=False) as db:
-        creds = _credentials(db, [w.credential_id for w in works])
-        held = opqueue.held_many(db, [w.op_id for w in works], ctx.owner)
+        held = _hold(db, ctx, works)
+        creds = _credentials(db, [w.credential_id for w in works if w.op_id in held])
         for w in works:
+            op = held.get(w.op_id)
             cred = creds.get(w.credential_id)
-            if cred is None:
+            if op is None or cred is None:
                 continue
             if cred.pending_secret and cred.pending_operation_id == w.op_id:
                 _promote(db, cred, f"{w.kind} operation {w.op_id}", now)
                 db.add(cred)
-            op = held.get(w.op_id)
-            if op is None:
-                log.warning("operation %s: lease lost before promotion; recovery settles it",
-                            w.op_id)
-                continue
             opqueue.mark_succeeded(db, op, {"recovered": recovered,
                                             "secret_version": cred.secret_version},
                                    step="promoted")
@@ -726,7 +968,8 @@ def _finish_changes(ctx: Context, works: Sequence[Work], recovered: bool = False
                          {**w.context(), "secret_version": cred.secret_version,
                           "recovered": recovered})
         db.commit()
-    log.info("%d password(s) %s", len(works), "recovered" if recovered else "changed")
+    _log_lost(ctx, works, held, "promoted")
+    log.info("%d password(s) %s", len(held), "recovered" if recovered else "changed")
 
 
 # ----------------------------------------------------------------------------- verify / reconcile
@@ -734,6 +977,9 @@ def run_verifies(ctx: Context, ops: Sequence[Operation]) -> None:
     """Check that each credential's recorded password logs in (the password check)."""
     works, problems = load(ctx, ops)
     close_problems(ctx, problems)
+    if ctx.stopping():
+        _release(ctx, works, "the executor stopped before the check started")
+        return
     unsettled = [w for w in works if w.pending or w.status == CredentialStatus.unverified]
     if unsettled:
         _close_settled(ctx, unsettled, settle(ctx, unsettled))
@@ -741,20 +987,22 @@ def run_verifies(ctx: Context, ops: Sequence[Operation]) -> None:
     no_secret = [(w, f"verify of {w.where('load')} failed: no recorded password", False, "load")
                  for w in works if not w.current]
     _fail_works(ctx, no_secret)
-    works = [w for w in works if w.current]
+    works = ctx.keep([w for w in works if w.current])
     results = _parallel(ctx, works, lambda w: _verify(ctx, w, w.current or ""))
     now = utcnow()
     failures = []
     confirmed: list[Work] = []
     with Session(ctx.engine, expire_on_commit=False) as db:
-        creds = _credentials(db, [w.credential_id for w in works])
-        held = opqueue.held_many(db, [w.op_id for w in works], ctx.owner)
+        held = _hold(db, ctx, works)
+        creds = _credentials(db, [w.credential_id for w in works if w.op_id in held])
         for w, res in zip(works, results, strict=True):
+            if w.op_id not in held:
+                continue
             if isinstance(res, BaseException):
                 failures.append((w, f"verify of {w.where('verify')} is inconclusive: "
                                     f"{_describe(res, w.secrets)}", True, "verify"))
                 continue
-            cred, op = creds[w.credential_id], held.get(w.op_id)
+            cred, op = creds[w.credential_id], held[w.op_id]
             if res:
                 _mark_ok(cred, now, "Password confirmed")
                 confirmed.append(w)
@@ -765,10 +1013,12 @@ def run_verifies(ctx: Context, ops: Sequence[Operation]) -> None:
                 notifications.queue(db, "Invalid password",
                                     f"Invalid password: {w.username} on {w.device}",
                                     f"The recorded password of {w.username} on {w.device} was "
-                                    "refused by the target.", w.context())
+                                    "refused by the target"
+                                    + ("; reconciliation will set it through the reconcile "
+                                       "account." if w.reconciler is not None else "."),
+                                    w.context())
             db.add(cred)
-            if op is not None:
-                opqueue.mark_succeeded(db, op, {"valid": bool(res)}, step="verified")
+            opqueue.mark_succeeded(db, op, {"valid": bool(res)}, step="verified")
             audit.record(db, ctx.actor, "credential.verify", "credential", w.credential_id,
                          {**w.context(), "valid": bool(res)})
         if confirmed:
@@ -787,14 +1037,18 @@ def run_reconciles(ctx: Context, ops: Sequence[Operation]) -> None:
     """Settle each credential: which secret is true (pending, current, reconcile account)."""
     works, problems = load(ctx, ops)
     close_problems(ctx, problems)
+    if works and ctx.stopping():
+        _release(ctx, works, "the executor stopped before reconciliation started")
+        return
     if works:
         _close_settled(ctx, works, settle(ctx, works))
 
 
 def _close_settled(ctx: Context, works: Sequence[Work], outcomes: dict[int, str]) -> None:
     failures = []
+    works = [w for w in works if outcomes.get(w.op_id) != "lost"]
     with Session(ctx.engine, expire_on_commit=False) as db:
-        held = opqueue.held_many(db, [w.op_id for w in works], ctx.owner)
+        held = _hold(db, ctx, works)
         for w in works:
             res = outcomes[w.op_id]
             if res.startswith("unknown"):
@@ -823,17 +1077,24 @@ HANDLERS: dict[str, Callable[[Context, Sequence[Operation]], None]] = {
 
 # ----------------------------------------------------------------------------- recovery
 def needs_settling(engine: Engine) -> list[int]:
-    """Credentials with a pending secret or unverified status and no live operation."""
+    """Credentials reconciliation must settle, with no live operation: a pending secret or
+    *unverified* status (an interrupted change), or *invalid* status on a device with a
+    reconcile account (the password was changed outside pamflow: the reconcile account sets
+    the recorded one back). Credentials flagged for attention wait until they change."""
     with Session(engine) as db:
         busy = select(Operation.credential_id).where(
             Operation.credential_id.is_not(None),
             Operation.state.in_([OperationState.queued, OperationState.running]),
             Operation.kind.in_([OperationKind.change, OperationKind.activate,
                                 OperationKind.reconcile]))
-        rows = db.exec(select(Credential.id).where(
+        rows = db.exec(select(Credential.id).join(Device, Device.id == Credential.device_id).where(
             sa.or_(sa.and_(Credential.pending_secret.is_not(None),
                            Credential.status != CredentialStatus.invalid),
-                   Credential.status == CredentialStatus.unverified),
+                   Credential.status == CredentialStatus.unverified,
+                   sa.and_(Credential.status == CredentialStatus.invalid,
+                           Device.reconcile_credential_id.is_not(None),
+                           Device.active == sa.true())),
+            attention_cleared(),
             Credential.id.not_in(busy))).all()
     return list(rows)
 
@@ -856,7 +1117,7 @@ def recover(engine: Engine | None = None, *, owner: str | None = None, run: bool
     cred_ids = needs_settling(engine)
     queued = opqueue.enqueue_many(
         engine, [dict(kind="reconcile", credential_id=c, priority=10,
-                      reason="recovery: pending or unverified secret") for c in cred_ids],
+                      reason="recovery: pending, unverified or invalid secret") for c in cred_ids],
         requested_by="recovery", emit=not run) if cred_ids else []
     summary = {"released_leases": len(released), "reconcile_queued": len(queued),
                "released": released, "credentials": cred_ids}
@@ -897,8 +1158,9 @@ def queue_due_changes(engine: Engine, *, now: datetime | None = None, limit: int
 
     Skipped: devices inactive or in maintenance mode, credentials with a change already
     queued or running, credentials whose status is not ok/expired (reconciliation first),
-    and credentials in an active reservation (the holder is using the password; the
-    reservation's end changes it). A due credential is marked ``expired``.
+    credentials in an active reservation (the holder is using the password; the
+    reservation's end changes it), and credentials flagged for attention that nobody has
+    changed since. A due credential is marked ``expired``.
     """
     now = now or utcnow()
     queued: list[dict] = []
@@ -911,7 +1173,7 @@ def queue_due_changes(engine: Engine, *, now: datetime | None = None, limit: int
                 sa.or_(Credential.expires_at.is_not(None),
                        Credential.change_interval_days.is_not(None)),
                 Credential.id.not_in(_busy_credentials([OperationKind.change])),
-                Credential.id.not_in(_reserved_now(now)))
+                Credential.id.not_in(_reserved_now(now)), attention_cleared())
             .order_by(Credential.id)).all()
         items = []
         for cred, dev in rows:
@@ -947,7 +1209,7 @@ def queue_password_checks(engine: Engine, *, max_age: timedelta = timedelta(hour
             .join(Device, Device.id == Credential.device_id).where(
                 Device.active == sa.true(), Device.maintenance_mode == sa.false(),
                 Credential.secret.is_not(None), Credential.pending_secret.is_(None),
-                Credential.status != CredentialStatus.unverified,
+                Credential.status != CredentialStatus.unverified, attention_cleared(),
                 sa.or_(Credential.last_verified_at.is_(None),
                        Credential.last_verified_at < now - max_age),
                 Credential.id.not_in(_busy_credentials(list(OperationKind))))

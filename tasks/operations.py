@@ -7,6 +7,7 @@ and publish carries ids, account and device names and counts — never a secret.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from uuid import UUID
 
@@ -17,6 +18,8 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.engine import Engine
 
 TABLE_ROWS_MAX = 500
 
@@ -28,58 +31,52 @@ def _store():
 
 
 # ----------------------------------------------------------------------------- executor
-@task(name="runnable-operations")
-def runnable_operations() -> int:
-    """How many operations an executor could claim now."""
-    from pamflow.executor import HANDLERS
-    from pamflow.queue import runnable_count
-
-    return runnable_count(_store(), list(HANDLERS))
-
-
-def runnable_now() -> int:
-    """The executor's cheap poll, without a task run (it runs every second)."""
-    from pamflow.executor import HANDLERS
-    from pamflow.queue import runnable_count
-
-    return runnable_count(_store(), list(HANDLERS))
-
-
-@task(name="execute-operation-batches", task_run_name="execute-operations-{owner}")
-def execute_operation_batches(owner: str, batch_size: int = 100, workers: int = 16,
-                              progress_key: str = "operation-executor-progress",
-                              deadline_s: float | None = None) -> dict:
+@task(name="execute-operation-batches", task_run_name="execute-operations-{owner}",
+      cache_policy=NO_CACHE)
+def execute_operation_batches(engine: Engine, owner: str, batch_size: int = 100,
+                              workers: int = 16, kinds: list[str] | None = None,
+                              lease_s: float | None = None, on_batch=None,
+                              stop: threading.Event | None = None, should_stop=None,
+                              progress_key: str = "operation-executor-progress") -> dict:
     """Claim and run batches until the queue has nothing runnable (one task run per burst).
 
-    Progress is published per batch; stops between batches at ``deadline_s`` (monotonic
-    seconds from now), so an instance's lifetime is respected.
+    Progress is published per batch. ``stop`` (a stopping service) and ``should_stop``
+    (the instance's lifetime) end the burst between batches.
     """
-    import time
-
     from pamflow.executor import drain
-    from pamflow.queue import runnable_count
+    from pamflow.queue import DEFAULT_LEASE_SECONDS, runnable_count
 
-    engine = _store()
     expected = max(1, runnable_count(engine))
     progress = create_progress_artifact(0.0, key=progress_key,
                                         description=f"Operation executor {owner}: "
                                                     f"{expected} operation(s) runnable")
-    end = None if deadline_s is None else time.monotonic() + deadline_s
 
-    def on_batch(summary: dict) -> None:
+    def published(summary: dict) -> None:
         done = summary["claimed"]
         update_progress_artifact(progress, min(100.0, 100.0 * done / max(expected, done)),
                                  description=f"{done} operation(s) run in {summary['batches']} "
                                              f"batch(es): {summary['succeeded']} succeeded, "
                                              f"{summary['failed']} failed")
+        if on_batch is not None:
+            on_batch(summary)
 
-    summary = drain(engine, owner=owner, batch_size=batch_size, workers=workers,
-                    on_batch=on_batch,
-                    should_stop=None if end is None else (lambda: time.monotonic() >= end))
+    summary = drain(engine, owner=owner, batch_size=batch_size, workers=workers, kinds=kinds,
+                    lease_s=lease_s or DEFAULT_LEASE_SECONDS, on_batch=published, stop=stop,
+                    should_stop=should_stop)
     update_progress_artifact(progress, 100.0, description=(
         f"{summary['claimed']} operation(s): {summary['succeeded']} succeeded, "
         f"{summary['failed']} failed"))
     return summary
+
+
+def serve_operations(lifetime_s: float, poll_s: float, batch_size: int, workers: int,
+                     burst=None) -> dict:
+    """One executor service instance (``pamflow.executor.serve``) on the configured store;
+    ``burst`` runs each burst of work (the task above, so the UI shows one task run each)."""
+    from pamflow.executor import new_owner, serve
+
+    return serve(lifetime_s, poll_s, _store(), owner=new_owner("executor-service"),
+                 batch_size=batch_size, workers=workers, burst=burst)
 
 
 def publish_executor_report(summary: dict, key: str = "operation-executor") -> UUID:
@@ -205,4 +202,4 @@ __all__ = ["cancel_expired_operations", "credential_statuses", "describe_operati
            "execute_operation_batches", "process_password_reservations",
            "publish_executor_report", "publish_table", "queue_due_password_changes",
            "queue_password_change_reminders", "queue_password_checks", "recover_credentials",
-           "retry_failed_operations", "runnable_now", "runnable_operations"]
+           "retry_failed_operations", "serve_operations"]

@@ -6,7 +6,6 @@ logs in on the real sshd. Plus bad data: each case ends in a clear error and a n
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import shutil
 import socket
@@ -276,9 +275,12 @@ def test_timeout_on_a_silent_host(store, sshd, monkeypatch):
     finally:
         silent.close()
     [op] = operations(store)
-    assert dev.name in op.error and cred.username in op.error and op.retryable
-    assert "timed out" in op.error or "failed" in op.error
+    # the silent host is named, with the step (the admin's connection) and the 1.5 s limit
+    assert dev.name in op.error and cred.username in op.error
+    assert "step admin login" in op.error and "within 1.5s" in op.error
+    assert op.result == {"outcome_unknown": False, "failed_step": "admin login"}
+    assert op.retryable and op.step == "pending_stored"  # the write-ahead was stored, then voided
     rec = recorded(store, cred.id)
-    assert rec.pending_secret is None and rec.status == "ok"
+    assert rec.pending_secret is None and rec.status == "ok"  # known not applied: nothing lost
+    assert logins(sshd.port, [(cred.username, pw)]) == [True]
     assert len(notifications_of(store, "Error on change")) == 1
-    logging.getLogger(__name__).info("timeout error: %s", op.error)

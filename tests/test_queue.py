@@ -98,6 +98,26 @@ def test_expired_lease_is_reclaimed_and_fencing_rejects_the_old_owner(store):
     assert op(store, op_id).state == "succeeded"
 
 
+def test_hold_fences_writes_by_owner_and_claim_epoch(store):
+    [c] = creds(store, 1)
+    op_id = queue.enqueue(store, "change", c).id
+    [first] = queue.claim(store, "exec-a", 1, lease_s=30)
+    later = utcnow() + timedelta(seconds=120)
+    # the same executor re-claims its own expired operation (another pipeline thread)
+    [second] = queue.claim(store, "exec-a", 1, now=later)
+    assert second.lease_epoch == first.lease_epoch + 1
+    with Session(store) as db:
+        assert queue.hold(db, {op_id: first.lease_epoch}, "exec-a", step="applied") == {}
+        assert queue.hold(db, {op_id: second.lease_epoch}, "exec-b") == {}
+        held = queue.hold(db, {op_id: second.lease_epoch}, "exec-a", step="applied")
+        assert list(held) == [op_id] and held[op_id].step == "applied"
+        db.commit()
+    # a lease about to run out does not allow acting on a target
+    with Session(store) as db:
+        assert queue.hold(db, {op_id: second.lease_epoch}, "exec-a", min_lease_s=10_000) == {}
+    assert queue.renew(store, [op_id], "exec-a", epochs={op_id: first.lease_epoch}) == set()
+
+
 def test_release_expired_leases_requeues_with_step_kept(store):
     [c] = creds(store, 1)
     op_id = queue.enqueue(store, "change", c).id

@@ -69,7 +69,11 @@ def up(
             platform.stop(proc, deadline=20)
             console.print(f"  stopped {name}")
 
-    signal.signal(signal.SIGTERM, lambda *_: (shutdown(), sys.exit(0)))
+    def terminate(*_args) -> None:  # SIGTERM stops exactly as Ctrl-C does
+        if not stopping.is_set():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         db.store()
         vault()

@@ -81,6 +81,12 @@ class Credential(SQLModel, table=True):
     last_changed_at: datetime | None = None
     last_verified_at: datetime | None = None
     reminder_sent_at: datetime | None = None
+    # set when an operation cannot even start for a reason a retry will not fix (a secret
+    # that cannot be decrypted, no admin password, no target for the platform); the
+    # robots stop queuing work for it until the credential, its device or the device's
+    # admin/reconcile credential is changed after ``attention_at``
+    attention: str | None = text_field()
+    attention_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

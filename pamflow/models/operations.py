@@ -66,6 +66,9 @@ class Operation(SQLModel, table=True):
     retryable: bool = False  # set by a failure that trying later may fix (Retry re-queues it)
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    # fencing token: bumped by every claim, so a writer whose lease was lost (its
+    # operation re-claimed meanwhile, even by the same owner) is refused
+    lease_epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     step: str | None = None  # last protocol step reached (write-ahead)
     requested_by: str = "system"
     reason: str | None = None

@@ -47,6 +47,7 @@ from typing import Protocol
 
 import paramiko
 
+from ..faults import checkpoint
 from .base import (
     AuthenticationFailed,
     Change,
@@ -429,11 +430,17 @@ class SSHTarget:
             body = "".join(f"{c.username}:{c.new_secret}\n" for c in changes).encode()
             chan.sendall(body)
             chan.shutdown_write()
+            checkpoint("chpasswd_sent")
             if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
                 raise Unreachable("chpasswd did not finish in time; the outcome is unknown",
                                   **where)
             out, err = _drain(chan)
             status = chan.recv_exit_status()
+            if status == -1:
+                # the channel closed without an exit status: the connection dropped while
+                # chpasswd ran, and any of its lines may have been applied
+                raise Unreachable("SSH connection lost while chpasswd ran; the outcome is "
+                                  "unknown", **where)
         except TargetError:
             raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
