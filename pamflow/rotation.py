@@ -575,6 +575,10 @@ def _try_secrets(ctx: Context, w: Work) -> str:
         return "pending"
     if w.current and w.current != w.pending and _verify(ctx, w, w.current):
         return "current"
+    # a change still running on the target (its connection dropped) may have landed
+    # between the two logins: pending once more
+    if w.pending and _verify(ctx, w, w.pending):
+        return "pending"
     for n, cipher in enumerate(w.unconfirmed):
         try:
             secret = ctx.vault.decrypt(cipher)
@@ -667,7 +671,8 @@ def settle(ctx: Context, works: Sequence[Work]) -> dict[int, str]:
                                          + (f": {w.reconcile_error}" if w.reconcile_error
                                             else "")))[:500]
                 cred.updated_at = now
-                if w.reconciler is not None:  # reconciliation will not try again by itself
+                if w.reconciler is not None or was_invalid:
+                    # tried with everything known: reconciliation stops until it changes
                     cred.attention = cred.status_detail
                     cred.attention_at = now
             db.add(cred)
@@ -1080,7 +1085,8 @@ def needs_settling(engine: Engine) -> list[int]:
     """Credentials reconciliation must settle, with no live operation: a pending secret or
     *unverified* status (an interrupted change), or *invalid* status on a device with a
     reconcile account (the password was changed outside pamflow: the reconcile account sets
-    the recorded one back). Credentials flagged for attention wait until they change."""
+    the recorded one back). A credential found invalid twice, or invalid despite a
+    reconcile account, is flagged for attention and waits until it changes."""
     with Session(engine) as db:
         busy = select(Operation.credential_id).where(
             Operation.credential_id.is_not(None),
@@ -1088,8 +1094,7 @@ def needs_settling(engine: Engine) -> list[int]:
             Operation.kind.in_([OperationKind.change, OperationKind.activate,
                                 OperationKind.reconcile]))
         rows = db.exec(select(Credential.id).join(Device, Device.id == Credential.device_id).where(
-            sa.or_(sa.and_(Credential.pending_secret.is_not(None),
-                           Credential.status != CredentialStatus.invalid),
+            sa.or_(Credential.pending_secret.is_not(None),
                    Credential.status == CredentialStatus.unverified,
                    sa.and_(Credential.status == CredentialStatus.invalid,
                            Device.reconcile_credential_id.is_not(None),

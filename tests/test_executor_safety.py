@@ -420,6 +420,9 @@ def test_connection_cut_while_chpasswd_runs(store, sshd):
         for cred, _pw in creds:
             rec = recorded(store, cred.id)
             assert rec.status == "unverified" and rec.pending_secret is not None
+        # whatever the target got, it finishes on its own: let it, then settle
+        wait_for(lambda: subprocess.run(["pgrep", "-x", "chpasswd"]).returncode == 1,
+                 "the target's chpasswd to end")
 
         recover(store)
         for cred, _pw in creds:
@@ -428,3 +431,33 @@ def test_connection_cut_while_chpasswd_runs(store, sshd):
         assert logins(sshd.port, stored_pairs(store, creds)) == [True] * 6
     finally:
         proxy.close()
+
+
+def test_chpasswd_input_cut_short_changes_nothing(store, sshd):
+    """What the target runs refuses input whose end marker is missing, so a last line cut
+    short in transit can never become a password."""
+    import paramiko
+
+    from pamflow.targets.base import Endpoint
+    from pamflow.targets.ssh import INPUT_CUT_STATUS, MemoryHostKeys
+
+    admin_pw = nasty("adm")
+    admin = sshd.add_account(admin_pw, sudo_chpasswd=True)
+    victim_pw = nasty("victim")
+    victim = sshd.add_account(victim_pw)
+    endpoint = Endpoint(1, "cut-box", "127.0.0.1", sshd.port, {})
+    _mode, command = SSHTarget(host_keys=MemoryHostKeys())._chpasswd_command(
+        endpoint, "PAMFLOW-END-0123456789abcdef")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - test peer
+    client.connect("127.0.0.1", sshd.port, admin, admin_pw, look_for_keys=False,
+                   allow_agent=False)
+    try:
+        stdin, stdout, stderr = client.exec_command(command)
+        stdin.write(f"{victim}:the-new-pass")  # cut: no newline, no end marker
+        stdin.channel.shutdown_write()
+        assert stdout.channel.recv_exit_status() == INPUT_CUT_STATUS
+        assert "incomplete" in stderr.read().decode()
+    finally:
+        client.close()
+    assert logins(sshd.port, [(victim, victim_pw), (victim, "the-new-pass")]) == [True, False]

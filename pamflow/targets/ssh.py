@@ -38,11 +38,13 @@ import base64
 import hashlib
 import logging
 import re
+import shlex
 import socket
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from secrets import token_hex
 from typing import Protocol
 
 import paramiko
@@ -69,6 +71,8 @@ SELF_SERVICE_PARALLEL = 4  # passwd sessions at once on one device
 
 SUDO_PROMPT = "PAMFLOW-SUDO-PROMPT:"
 SUDO_OK = "PAMFLOW-SUDO-OK"
+INPUT_CUT = "pamflow: the input arrived incomplete; nothing was changed"
+INPUT_CUT_STATUS = 75
 # chpasswd hashes one password per line on the target: allow for it on top of the timeout
 PER_LINE_SECONDS = 0.25
 
@@ -78,6 +82,13 @@ _KEX = ("curve25519-sha256@libssh.org", "ecdh-sha2-nistp256", "diffie-hellman-gr
 _KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "rsa-sha2-256")
 # host key name (as recorded) -> algorithm names that negotiate it
 _KEY_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
+
+
+class InputCut(TargetError):
+    """The change's input arrived incomplete and the target refused to run it: nothing was
+    changed, and trying again may work."""
+
+    retryable = True
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -353,15 +364,22 @@ class SSHTarget:
         return ""
 
     # -- through the admin: sudo chpasswd
-    def _chpasswd_command(self, endpoint: Endpoint) -> tuple[str, str]:
+    def _chpasswd_command(self, endpoint: Endpoint, marker: str) -> tuple[str, str]:
+        """(sudo mode, remote command). The command runs chpasswd only on input whose last
+        line is ``marker``: a connection dropped while the lines were in flight would
+        otherwise hand chpasswd a last line cut short, setting a password nobody knows.
+        The lines stay in the shell and in pipes (``printf`` is a builtin): never in argv.
+        It runs under ``sh -c`` whatever the admin's login shell is."""
         chpasswd = endpoint.settings.get("chpasswd") or "/usr/sbin/chpasswd"
         mode = (endpoint.settings.get("sudo") or "nopasswd").lower()
-        if mode == "none":
-            return mode, chpasswd
+        run = chpasswd if mode == "none" else f"sudo -n {chpasswd}"
+        script = (f'b=$(cat); if [ "$(printf %s "$b" | tail -n 1)" != "{marker}" ]; then '
+                  f'echo "{INPUT_CUT}" >&2; exit {INPUT_CUT_STATUS}; fi; '
+                  f'printf "%s\\n" "$b" | sed "\\$d" | {run}')
         if mode == "password":
-            return mode, (f"sudo -S -p '{SUDO_PROMPT}' -v && echo {SUDO_OK} >&2 && "
-                          f"sudo -n {chpasswd}")
-        return "nopasswd", f"sudo -n {chpasswd}"
+            script = f"sudo -S -p '{SUDO_PROMPT}' -v && echo {SUDO_OK} >&2 && {{ {script}; }}"
+        return ("none" if mode == "none" else mode if mode == "password" else "nopasswd",
+                f"sh -c {shlex.quote(script)}")
 
     def _apply_admin(self, endpoint: Endpoint, changes: list[Change], admin: Login,
                      timeout: float) -> list[ChangeResult]:
@@ -415,7 +433,8 @@ class SSHTarget:
     def _chpasswd(self, transport: paramiko.Transport, endpoint: Endpoint, changes: list[Change],
                   admin: Login, timeout: float) -> tuple[int, str]:
         """Run chpasswd once with ``changes`` on stdin; (exit status, stdout+stderr)."""
-        mode, command = self._chpasswd_command(endpoint)
+        marker = f"PAMFLOW-END-{token_hex(8)}"
+        mode, command = self._chpasswd_command(endpoint, marker)
         where = {"device": endpoint.name, "account": admin.username, "step": "chpasswd"}
         secrets = [admin.secret] + [c.new_secret for c in changes]
         deadline = time.monotonic() + timeout + PER_LINE_SECONDS * len(changes)
@@ -427,7 +446,8 @@ class SSHTarget:
             chan.exec_command(command)
             if mode == "password":
                 self._sudo_password(chan, admin, deadline, where, secrets)
-            body = "".join(f"{c.username}:{c.new_secret}\n" for c in changes).encode()
+            body = ("".join(f"{c.username}:{c.new_secret}\n" for c in changes)
+                    + marker + "\n").encode()
             chan.sendall(body)
             chan.shutdown_write()
             checkpoint("chpasswd_sent")
@@ -449,6 +469,9 @@ class SSHTarget:
         finally:
             chan.close()
         output = (out + err).decode(errors="replace")
+        if status == INPUT_CUT_STATUS and INPUT_CUT in output:
+            raise InputCut("the account list reached the target incomplete; nothing was "
+                           "changed", **where)
         if status != 0 and ("sudo:" in output and "line " not in output):
             # sudo itself refused: no account could be changed, nothing to isolate
             raise ChangeRefused(f"sudo refused to run chpasswd: {_tail(output, secrets)}", **where)
