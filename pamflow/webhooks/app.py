@@ -4,12 +4,16 @@
 ``{"error": "<short reason>"}`` and nothing written or emitted:
 
 1. ``Content-Type`` not ``application/json`` -> 415
-2. ``Content-Length`` (or the body read so far) over the limit -> 413, body not read further
-3. a signing header missing or malformed -> 401
+2. ``Content-Length`` not a number -> 400; over the limit (or the body read so far) -> 413,
+   body not read further
+3. a signing header missing -> 401; the signature not ``sha256=...`` -> 401; the timestamp
+   (ASCII digits only), delivery id or event malformed -> 400 ``malformed <header>``
 4. ``X-Pamflow-Timestamp`` more than 300 s from now -> 401 ``stale timestamp``
 5. unknown source or a wrong signature -> 401 ``invalid signature`` (the same answer for
    both, so callers cannot learn which sources exist)
-6. body not JSON -> 422 ``malformed JSON``; not fitting its event's schema -> 422
+6. body not strict UTF-8 JSON -> 400 with the reason (see ``schemas.parse_body``: not
+   UTF-8, malformed, nested too deep, NaN, numbers out of range, duplicate keys, unpaired
+   surrogates); not fitting its event's schema -> 422
 7. delivery id seen before for this source (also before a restart) -> 409 ``replay``
 
 Then the call is written to the outbox and answered 202 ``{"event_id": ..., "event": ...}``.
@@ -24,13 +28,23 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 
 from sqlalchemy.engine import Engine
 
 from .outbox import Accepted, Forwarder, OutboxWriter, checkpoint, pending_count, release
-from .schemas import PayloadError, validate_payload
-from .signing import DELIVERY_RE, EVENT_RE, SIGNATURE_PREFIX, signature_matches, signing_bytes
+from .schemas import BodyError, PayloadError, parse_body, validate_payload
+from .signing import (
+    DELIVERY_HEADER,
+    DELIVERY_RE,
+    EVENT_HEADER,
+    EVENT_RE,
+    SIGNATURE_PREFIX,
+    TIMESTAMP_HEADER,
+    signature_matches,
+    signing_bytes,
+)
 from .sources import SecretCache
 
 log = logging.getLogger("pamflow.webhooks")
@@ -38,6 +52,7 @@ log = logging.getLogger("pamflow.webhooks")
 MAX_BODY = int(os.environ.get("PAMFLOW_WEBHOOK_MAX_BODY", 64 * 1024))
 TOLERANCE = int(os.environ.get("PAMFLOW_WEBHOOK_TOLERANCE", 300))
 PREFIX = "/hooks/"
+TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")  # not \d: str patterns match every Unicode digit
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -191,20 +206,20 @@ class Gateway:
             raise Refused(415, "content type must be application/json")
         length = headers.get(b"content-length")
         if length is not None:
-            try:
-                if int(length) > self.max_body:
-                    raise Refused(413, f"body larger than {self.max_body} bytes")
-            except ValueError:
-                raise Refused(400, "bad content-length") from None
+            if not (length.isdigit() and len(length) <= 18):  # bytes.isdigit: ASCII only
+                raise Refused(400, "bad content-length")
+            if int(length) > self.max_body:
+                raise Refused(413, f"body larger than {self.max_body} bytes")
         try:
-            timestamp = headers[b"x-pamflow-timestamp"].decode()
-            delivery = headers[b"x-pamflow-delivery"].decode()
-            event = headers[b"x-pamflow-event"].decode()
-            signature = headers[b"x-pamflow-signature"].decode()
-        except (KeyError, UnicodeDecodeError):
+            raw = [headers[b"x-pamflow-timestamp"], headers[b"x-pamflow-delivery"],
+                   headers[b"x-pamflow-event"], headers[b"x-pamflow-signature"]]
+        except KeyError:
             raise Refused(401, "missing signature headers") from None
-        if not (timestamp.isdigit() and len(timestamp) <= 12 and DELIVERY_RE.fullmatch(delivery)
-                and EVENT_RE.fullmatch(event) and signature.startswith(SIGNATURE_PREFIX)):
+        timestamp = _header(raw[0], TIMESTAMP_RE, TIMESTAMP_HEADER)
+        delivery = _header(raw[1], DELIVERY_RE, DELIVERY_HEADER)
+        event = _header(raw[2], EVENT_RE, EVENT_HEADER)
+        signature = raw[3].decode("ascii", "replace")
+        if not signature.startswith(SIGNATURE_PREFIX):
             raise Refused(401, "malformed signature headers")
         if abs(time.time() - int(timestamp)) > self.tolerance:
             raise Refused(401, "stale timestamp")
@@ -222,9 +237,9 @@ class Gateway:
                 raise Refused(401, "invalid signature")
 
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise Refused(422, "malformed JSON") from None
+            payload = parse_body(body)
+        except BodyError as exc:
+            raise Refused(400, str(exc)) from None
         name = f"pam.{source}.{event}"
         try:
             validate_payload(name, payload)
@@ -270,6 +285,17 @@ class Gateway:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _header(raw: bytes, pattern: re.Pattern, name: str) -> str:
+    """A signing header's value: ASCII and matching ``pattern``, else 400 naming the header."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise Refused(400, f"malformed {name}") from None
+    if not pattern.fullmatch(text):
+        raise Refused(400, f"malformed {name}")
+    return text
 
 
 async def _answer(send, status: int, obj: dict) -> None:
