@@ -18,7 +18,7 @@
 
 Then the call is written to the outbox and answered 202 ``{"event_id": ..., "event": ...}``.
 Checks 1-4 come before the source is looked up, so they say nothing about which sources
-exist either. ``GET /health`` answers 200 with the outbox's pending count.
+exist either. ``GET /health`` answers 200 with the outbox's pending and dead counts.
 """
 
 from __future__ import annotations
@@ -33,7 +33,16 @@ import time
 
 from sqlalchemy.engine import Engine
 
-from .outbox import Accepted, Forwarder, OutboxWriter, checkpoint, pending_count, release
+from .outbox import (
+    MAX_FAILURES,
+    Accepted,
+    Forwarder,
+    OutboxWriter,
+    checkpoint,
+    dead_count,
+    pending_count,
+    release,
+)
 from .schemas import BodyError, PayloadError, parse_body, validate_payload
 from .signing import (
     DELIVERY_HEADER,
@@ -73,8 +82,10 @@ class Gateway:
 
     def __init__(self, engine: Engine | None = None, api_url: str | None = None,
                  max_body: int = MAX_BODY, tolerance: int = TOLERANCE,
-                 sweep_seconds: float = 2.0, refresh_seconds: float = 1.0) -> None:
+                 sweep_seconds: float = 2.0, refresh_seconds: float = 1.0,
+                 max_failures: int = MAX_FAILURES) -> None:
         self._engine = engine
+        self.max_failures = max_failures
         self.api_url = api_url
         self.max_body = max_body
         self.tolerance = tolerance
@@ -105,7 +116,8 @@ class Gateway:
             engine = self._engine
             self.secrets = SecretCache(engine)
             await asyncio.to_thread(self.secrets.refresh)
-            self.forwarder = Forwarder(engine, self.api_url, sweep_seconds=self.sweep_seconds)
+            self.forwarder = Forwarder(engine, self.api_url, sweep_seconds=self.sweep_seconds,
+                                       max_failures=self.max_failures)
             self.forwarder.start()
             self.writer = OutboxWriter(engine, on_commit=self.forwarder.hand_over)
             self.forwarder.writer = self.writer
@@ -146,13 +158,15 @@ class Gateway:
                 log.warning("could not refresh webhook sources: %s", exc.__class__.__name__)
 
     async def health(self) -> dict:
-        """Counters of this process and the store's count of undelivered outbox rows."""
+        """Counters of this process and the store's counts of waiting and dead outbox rows."""
         fw = self.forwarder
         try:
             pending = await asyncio.to_thread(pending_count, self._engine)
+            dead = await asyncio.to_thread(dead_count, self._engine)
         except Exception:  # noqa: BLE001 - health reports, it does not fail
-            pending = None
-        return {"status": "ok", "outbox_pending": pending, "forwarded": fw.forwarded if fw else 0,
+            pending = dead = None
+        return {"status": "ok", "outbox_pending": pending, "outbox_dead": dead,
+                "forwarded": fw.forwarded if fw else 0,
                 "prefect_error": fw.last_error if fw else None, **self.counts}
 
     # ---- ASGI ----------------------------------------------------------------------
