@@ -14,13 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from pamflow import queue
 from pamflow.models import Device
-from tests.peers.sshd import sshd_available
 from tests.test_rotation import (
     add_credential,
     logins,
@@ -94,7 +92,6 @@ def test_three_processes_2000_operations_each_exactly_once(pg_store):
     assert owners >= 2  # the processes really competed for the queue
 
 
-@pytest.mark.skipif(not sshd_available(), reason="needs root and openssh-server")
 def test_two_processes_rotate_real_accounts(pg_store, sshd):
     set_policy(pg_store)
     dev, _ = make_device(pg_store, sshd)

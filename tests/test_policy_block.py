@@ -7,7 +7,6 @@ import pytest
 from blocks.password_policy import PasswordPolicyBlock, clear_cache
 from pamflow import queue
 from pamflow.executor import drain
-from tests.peers.sshd import sshd_available
 from tests.test_rotation import (  # noqa: F401  (autouse fixture)
     _quiet_events,
     add_credential,
@@ -16,7 +15,7 @@ from tests.test_rotation import (  # noqa: F401  (autouse fixture)
     ssh_login,
 )
 
-pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs root and openssh-server")
+pytestmark = pytest.mark.usefixtures("needs_sshd")  # fails, never skips, without root/sshd
 
 
 def test_rotation_uses_the_policy_block_of_the_credential(store, sshd, prefect_server):

@@ -63,7 +63,7 @@ def test_a_source_that_turns_undecryptable_does_not_stop_the_refreshes(store, ca
         foreign_secret = generate_secret()
         add_foreign_source(store, "crm", foreign_secret)
         rotated = rotate_secret(store, "import")
-        assert post(gw, "import", rotated) == 202  # the re-read skipped crm and went on
+        assert post(gw, "import", rotated) == 202  # the re-read passed over crm and went on
         assert post(gw, "crm", foreign_secret) == 401
         assert post(gw, "import", good) == 401
     assert caplog.text.count("webhook source crm: its secret cannot be decrypted") == 1
