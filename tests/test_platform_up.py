@@ -199,7 +199,8 @@ def test_an_auth_file_open_to_others_is_refused(tmp_path, mode):
     platform.ensure_api_auth(tmp_path)
     path = tmp_path / platform.AUTH_FILE
     path.chmod(mode)
-    with pytest.raises(platform.AuthFileError, match=r"open to group or others \(mode 0\d+\): run `chmod 600 "):
+    refused = r"open to group or others \(mode 0\d+\): run `chmod 600 "
+    with pytest.raises(platform.AuthFileError, match=refused):
         platform.ensure_api_auth(tmp_path)
     # the CLI refuses too, before talking to Prefect, and never prints the secret
     api = "http://127.0.0.1:9/api"
