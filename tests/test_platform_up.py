@@ -164,6 +164,13 @@ def test_up_runs_the_platform_behind_api_auth_and_stops_on_ctrl_c(tmp_path):
         for path in home.rglob("*.log"):
             assert auth not in path.read_text(errors="replace"), path
         assert not [c for c in _cmdlines() if auth.encode() in c]
+        worker_events = {"filter": {"event": {"prefix": ["prefect.worker."]}}, "limit": 50}
+        for path, body in [("/events/filter", {"limit": 50}), ("/events/filter", worker_events),
+                           ("/deployments/filter", {}),
+                           ("/flow_runs/filter", {}), ("/block_documents/filter", {}),
+                           ("/variables/filter", {})]:
+            found = httpx.post(api + path, json=body, timeout=30, headers=authed)
+            assert found.status_code == 200 and auth not in found.text, path
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
