@@ -4,6 +4,11 @@ A credential names its policy (``Credential.policy``); the rotation protocol loo
 block of that name first, then the system parameter ``password_policy.<name>``, then uses
 pamflow's default policy. Only the *shape* of passwords lives here,
 never a secret, so it is safe in Prefect's API.
+
+Anyone who can call Prefect's API can edit a block, so a block cannot weaken passwords
+below the floor kept in pamflow's store (``pamflow.passwords.PolicyFloor``: 16 characters,
+3 character classes and 80 bits by default; system parameter ``password_policy.floor``).
+A block asking for less is raised to the floor when the robot reads it, with a warning.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from pamflow.passwords import PasswordPolicy
 
 
 class PasswordPolicyBlock(Block):
-    """How new passwords look: length, character classes, excluded characters."""
+    """How new passwords look: length, character classes, excluded characters (never weaker
+    than the floor in pamflow's store, whatever is saved here)."""
 
     _block_type_name = "Password policy"
     _block_type_slug = "pamflow-password-policy"

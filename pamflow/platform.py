@@ -7,8 +7,10 @@ Prefect the same way.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -44,8 +46,115 @@ def prefect_env(api_url: str | None = None, home: Path | None = None, **extra: s
     return env
 
 
-def start_server(home: Path, port: int, log_path: Path | None = None) -> subprocess.Popen:
-    """A Prefect server whose database is a SQLite file under ``home``."""
+# ---- API authentication of the local Prefect server ------------------------------------
+# Prefect's API is the platform's control surface: whoever reaches it runs any robot with
+# any parameters and edits blocks. The server `pamflow up` starts therefore requires HTTP
+# basic authentication (PREFECT_SERVER_API_AUTH_STRING), with a secret generated once into
+# the data directory, never into Prefect, never on a command line (environment only).
+AUTH_FILE = "prefect-api-auth"
+AUTH_URL_FILE = "prefect-api-url"  # the API the secret belongs to (the server `up` started)
+AUTH_USER = "pamflow"
+
+
+class AuthFileError(RuntimeError):
+    """The auth file is missing, unsafe (group/other access, another owner) or unreadable."""
+
+
+def read_api_auth(path: Path) -> str:
+    """The auth string kept in ``path``; refused if anyone but its owner could read it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise AuthFileError(f"cannot open {path}: {exc.strerror}") from None
+    with os.fdopen(fd) as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise AuthFileError(f"{path} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise AuthFileError(f"{path} belongs to uid {info.st_uid}, not to this user "
+                                f"({os.geteuid()}): refusing to use it")
+        if info.st_mode & 0o077:
+            raise AuthFileError(f"{path} is open to group or others (mode "
+                                f"{stat.S_IMODE(info.st_mode):04o}): run `chmod 600 {path}`")
+        value = fh.read().strip()
+    if len(value) < 16 or not value.isascii() or not value.isprintable() or " " in value:
+        raise AuthFileError(f"{path} does not hold a usable auth string")
+    return value
+
+
+def ensure_api_auth(home: Path) -> str:
+    """The local server's auth string, generated once into ``home/prefect-api-auth``.
+
+    Created 0600 and complete before it appears (written to a private temporary file, then
+    hard-linked into place), so a concurrent reader never sees half a secret and two
+    concurrent callers end up with the same one.
+    """
+    path = home / AUTH_FILE
+    try:
+        return read_api_auth(path)
+    except FileNotFoundError:
+        pass
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = home / f".{AUTH_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{AUTH_USER}:{secrets.token_urlsafe(32)}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
+    return read_api_auth(path)
+
+
+def record_api_url(home: Path, api_url: str) -> None:
+    """Remember which API the auth file is for (CLI commands send it there only)."""
+    path = home / AUTH_URL_FILE
+    tmp = home / f".{AUTH_URL_FILE}.{os.getpid()}"
+    tmp.write_text(api_url.rstrip("/") + "\n")
+    os.replace(tmp, path)
+
+
+def local_api_auth(home: Path, api_url: str) -> str | None:
+    """The auth string for ``api_url`` when it is the server `pamflow up` started from
+    ``home``; None for any other server (pamflow's secret is never sent elsewhere)."""
+    try:
+        recorded = (home / AUTH_URL_FILE).read_text().strip()
+    except OSError:
+        return None
+    if recorded != api_url.rstrip("/"):
+        return None
+    try:
+        return read_api_auth(home / AUTH_FILE)
+    except FileNotFoundError:
+        return None
+
+
+def auth_headers(auth: str | None) -> dict[str, str]:
+    """HTTP basic authentication headers for Prefect's API (none without an auth string)."""
+    if not auth:
+        return {}
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+
+def api_requires_auth(api_url: str) -> bool:
+    """True when the server refuses an unauthenticated API call (401)."""
+    resp = httpx.post(f"{api_url.rstrip('/')}/deployments/filter", json={"limit": 1}, timeout=10)
+    return resp.status_code == 401
+
+
+def start_server(home: Path, port: int, log_path: Path | None = None,
+                 auth: str | None = None) -> subprocess.Popen:
+    """A Prefect server whose database is a SQLite file under ``home``; with ``auth`` its API
+    requires that basic-auth string (passed in the environment, never on the command line)."""
     home.mkdir(parents=True, exist_ok=True)
     env = prefect_env(
         home=home,
@@ -54,6 +163,9 @@ def start_server(home: Path, port: int, log_path: Path | None = None) -> subproc
         PREFECT_SERVER_API_PORT=str(port),
     )
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+    if auth:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     log = open(log_path or home / "server.log", "ab")  # noqa: SIM115 - owned by the process
     return subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -72,7 +72,7 @@ from .models import (
     SystemParameter,
     utcnow,
 )
-from .passwords import PasswordPolicy
+from .passwords import PasswordPolicy, at_floor
 from .targets import DEFAULT_PORTS, get_target, protocol_for
 from .targets.base import Change, Endpoint, Login, PasswordTarget, TargetError, Unreachable
 from .vault import Vault, VaultError, vault
@@ -135,7 +135,7 @@ class Context:
             if os.environ.get("PREFECT_API_URL"):  # import Prefect's blocks only when useful
                 from blocks.password_policy import load_policy_block
 
-                policy = load_policy_block(name)
+                policy = at_floor(db, load_policy_block(name))  # a block cannot go below the floor
             if policy is None:
                 row = db.get(SystemParameter, f"password_policy.{name}")
                 if row is None:

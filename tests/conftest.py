@@ -29,6 +29,7 @@ os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PREFECT_PORT}/api"
 os.environ["PAMFLOW_TEST_PREFECT_SERVER_HOME"] = str(_HOME / "prefect-server")
 
 pytest_plugins = [
+    "tests.fixtures.peers",
     "tests.fixtures.stores",
     "tests.fixtures.prefect_server",
     "tests.fixtures.sshd",

@@ -27,7 +27,6 @@ from pamflow.rotation import (
     queue_password_checks,
 )
 from pamflow.targets import reset_targets
-from tests.peers.sshd import sshd_available
 from tests.test_rotation import (
     add_credential,
     logins,
@@ -213,7 +212,6 @@ def _artifacts(client, keys: list[str]) -> str:
     return "\n".join(json.dumps([a.key, a.data, a.description], default=str) for a in arts)
 
 
-@pytest.mark.skipif(not sshd_available(), reason="needs root and openssh-server")
 def test_robots_rotate_expired_passwords_for_real(store, sshd, prefect_client_sync):
     from flows.credentials import expired_password, password_check, password_reconciliation
     from flows.operations import (

@@ -215,7 +215,7 @@ def test_webhooks_start_the_batch_import_end_to_end(e2e, tmp_path):
         ("replay", send(body, first_headers), 409),
         ("stale timestamp", send(body, stale), 401),
         ("oversized body", send(big, signed_headers(secret, "uploaded", big)), 413),
-        ("malformed JSON", send(bad_json, signed_headers(secret, "uploaded", bad_json)), 422),
+        ("malformed JSON", send(bad_json, signed_headers(secret, "uploaded", bad_json)), 400),
         ("unknown source", send(body, signed_headers(secret, "uploaded", body), source="nosuch"), 401),
         ("source without that event", send(body, signed_headers(other, "uploaded", body), source="crm"), 422),
     ]

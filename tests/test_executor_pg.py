@@ -7,6 +7,7 @@ of real password changes on the real sshd goes through two processes too.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -14,13 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from pamflow import queue
 from pamflow.models import Device
-from tests.peers.sshd import sshd_available
 from tests.test_rotation import (
     add_credential,
     logins,
@@ -94,7 +93,34 @@ def test_three_processes_2000_operations_each_exactly_once(pg_store):
     assert owners >= 2  # the processes really competed for the queue
 
 
-@pytest.mark.skipif(not sshd_available(), reason="needs root and openssh-server")
+# The real executor (`python -m pamflow.executor drain`), whose first batch waits until
+# the other process holds leases too: both processes are then known to take part, however
+# the machine schedules their start-up. Everything after the wait is the real rotation.
+BOTH_SCRIPT = r"""
+import sys, time
+import sqlalchemy as sa
+from pamflow import executor
+
+change = executor.HANDLERS["change"]
+waited = []
+
+def change_once_both_hold_leases(ctx, ops):
+    deadline = time.monotonic() + 120
+    while not waited and time.monotonic() < deadline:
+        with ctx.engine.connect() as conn:
+            owners = conn.execute(sa.text("SELECT count(DISTINCT lease_owner) FROM operation "
+                                          "WHERE lease_owner IS NOT NULL")).scalar_one()
+        if owners >= 2:
+            break
+        time.sleep(0.05)
+    waited.append(True)
+    change(ctx, ops)
+
+executor.register_handler("change", change_once_both_hold_leases)
+sys.exit(executor._main(["drain"]))
+"""
+
+
 def test_two_processes_rotate_real_accounts(pg_store, sshd):
     set_policy(pg_store)
     dev, _ = make_device(pg_store, sshd)
@@ -105,12 +131,19 @@ def test_two_processes_rotate_real_accounts(pg_store, sshd):
         creds.append((cred, pw))
         queue.enqueue(pg_store, "change", cred.id, emit=False)
     env = {**_env(pg_store), "PAMFLOW_BATCH_SIZE": "4"}
-    procs = [subprocess.Popen([sys.executable, "-m", "pamflow.executor", "drain"], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", BOTH_SCRIPT], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
+    summaries = []
     for p in procs:
-        _out, err = p.communicate(timeout=180)
+        out, err = p.communicate(timeout=180)
         assert p.returncode == 0, err[-3000:]
+        summaries.append(ast.literal_eval(out.strip().splitlines()[-1]))  # drain's summary
+    # both processes claimed operations and completed every one they claimed
+    assert len({s["owner"] for s in summaries}) == 2
+    for s in summaries:
+        assert s["claimed"] > 0 and s["succeeded"] == s["claimed"] and s["failed"] == 0, summaries
+    assert sum(s["claimed"] for s in summaries) == 16
     ops = operations(pg_store)
     assert all(o.state == "succeeded" and o.attempts == 1 for o in ops)
     news = [(c.username, secret_of(pg_store, c.id)) for c, _ in creds]

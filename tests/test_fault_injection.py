@@ -25,7 +25,7 @@ from pamflow.platform import free_port
 from pamflow.rotation import STEPS, recover
 from pamflow.targets import register_target, reset_targets
 from pamflow.targets.ssh import SSHTarget
-from tests.peers.sshd import SSHD, sshd_available
+from tests.peers.sshd import SSHD
 from tests.test_rotation import (
     add_credential,
     assert_no_secret,
@@ -40,7 +40,7 @@ from tests.test_rotation import (
     stored_texts,
 )
 
-pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs root and openssh-server")
+pytestmark = pytest.mark.usefixtures("needs_sshd")  # fails, never skips, without root/sshd
 ROOT = Path(__file__).resolve().parents[1]
 
 

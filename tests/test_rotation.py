@@ -31,9 +31,8 @@ from pamflow.models import (
 from pamflow.rotation import recover
 from pamflow.targets import reset_targets
 from pamflow.vault import vault
-from tests.peers.sshd import sshd_available
 
-pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs root and openssh-server")
+pytestmark = pytest.mark.usefixtures("needs_sshd")  # fails, never skips, without root/sshd
 
 # only troublemakers (and a few letters): every one of them shows up in a few passwords
 NASTY_CHARS = "'\"`\\ $%"

@@ -23,9 +23,9 @@ from pamflow.targets.base import (
     Unreachable,
 )
 from pamflow.targets.ssh import TRANSPORT_LOG, MemoryHostKeys, SSHTarget, StoreHostKeys
-from tests.peers.sshd import SSHD, sshd_available
+from tests.peers.sshd import SSHD
 
-pytestmark = pytest.mark.skipif(not sshd_available(), reason="needs root and openssh-server")
+pytestmark = pytest.mark.usefixtures("needs_sshd")  # fails, never skips, without root/sshd
 
 NASTY = ["it's \"quoted\"", "$HOME $(id) ${PATH}", "`id` back`tick", "back\\slash\\\\n",
          "  spaces  inside  ", "100% %s %n %%"]

@@ -104,7 +104,7 @@ def test_signed_call_is_written_to_the_outbox_and_answered_202(gateway, store, s
         ("future timestamp", 401, "stale timestamp"),
         ("text/plain", 415, "content type must be application/json"),
         ("no content type", 415, "content type must be application/json"),
-        ("malformed JSON", 422, "malformed JSON"),
+        ("malformed JSON", 400, "malformed JSON"),
         ("JSON array", 422, "payload must be a JSON object"),
         ("path missing", 422, "path is required"),
         ("path not a string", 422, "path must be a string"),

@@ -17,5 +17,12 @@ for module in (platform, inventory, operations, webhooks):
     module.register(app)
 
 
+@app.callback()
+def _before_every_command() -> None:
+    # Prefect clients of this process talk to the server `pamflow up` started with its
+    # auth string (read from the data directory; set before Prefect is imported)
+    platform.use_local_api_auth()
+
+
 def main() -> None:
     app()

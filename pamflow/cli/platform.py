@@ -80,21 +80,44 @@ def up(
         console.print(f"store: {db.store().url.render_as_string(hide_password=True)}")
 
         api_url = os.environ.get("PREFECT_API_URL")
+        auth_file = home / platform.AUTH_FILE
         if api_url:
+            # a server the user runs: its credentials are the user's configuration
             if not _api_healthy(api_url):
                 console.print(f"[red]PREFECT_API_URL={api_url} does not answer /health[/red]")
                 raise typer.Exit(1)
             console.print(f"using the Prefect server at {api_url}")
+            if not platform.api_requires_auth(api_url):
+                console.print("[yellow]warning: that Prefect API answers unauthenticated calls: "
+                              "whoever reaches it can run any robot and edit the blocks. Set "
+                              "PREFECT_SERVER_API_AUTH_STRING on it (or put it behind an "
+                              "authenticating proxy).[/yellow]")
         else:
             api_url = f"http://127.0.0.1:{port}/api"
+            try:
+                auth = platform.ensure_api_auth(home)
+            except platform.AuthFileError as exc:
+                console.print(f"[red]{exc}[/red]")
+                raise typer.Exit(1) from None
+            os.environ["PREFECT_API_AUTH_STRING"] = auth  # every client started below
             if _api_healthy(api_url):
+                if not platform.api_requires_auth(api_url):
+                    console.print(f"[red]a Prefect server without API authentication already "
+                                  f"answers at {api_url}: stop it, or set PREFECT_API_URL to use "
+                                  f"it deliberately[/red]")
+                    raise typer.Exit(1)
+                if not _api_accepts(api_url, auth):
+                    console.print(f"[red]the Prefect server at {api_url} refuses the auth "
+                                  f"string in {auth_file}[/red]")
+                    raise typer.Exit(1)
                 console.print(f"a Prefect server already answers at {api_url}; using it")
             else:
                 console.print(f"starting Prefect server on 127.0.0.1:{port} "
-                              f"(SQLite in {home / 'prefect'})…")
-                server = platform.start_server(home / "prefect", port)
+                              f"(SQLite in {home / 'prefect'}; API authentication on)…")
+                server = platform.start_server(home / "prefect", port, auth=auth)
                 started.append(("prefect server", server))
                 platform.wait_healthy(api_url, timeout=120, proc=server)
+            platform.record_api_url(home, api_url)
             os.environ["PREFECT_API_URL"] = api_url
 
         platform.ensure_work_pool(api_url)
@@ -116,6 +139,8 @@ def up(
             started.append(("webhook gateway", gateway))
         ui = api_url.removesuffix("/api")
         console.print(f"\n[bold green]pamflow is up.[/bold green] Prefect UI: {ui}")
+        if platform.local_api_auth(home, api_url):
+            console.print(f"the UI and the API ask for the auth string kept in {auth_file}")
         if not no_gateway:
             console.print(f"webhooks: http://127.0.0.1:{gateway_port}/hooks/<source>")
         console.print(f"logs: {home}/*.log — Ctrl-C stops everything.\n")
@@ -130,6 +155,40 @@ def up(
         pass
     finally:
         shutdown()
+
+
+def _api_accepts(url: str, auth: str) -> bool:
+    import httpx
+
+    from pamflow import platform
+
+    resp = httpx.post(f"{url.rstrip('/')}/deployments/filter", json={"limit": 1}, timeout=10,
+                      headers=platform.auth_headers(auth))
+    return resp.status_code == 200
+
+
+def use_local_api_auth() -> None:
+    """Give this process's Prefect clients the auth string of the server `pamflow up` started,
+    when the API they will call is that server and no credentials were configured.
+
+    Runs before every command; must run before Prefect is imported (Prefect reads its
+    settings once, at import).
+    """
+    from pathlib import Path
+
+    from pamflow import platform
+
+    if os.environ.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_API_KEY"):
+        return
+    home = Path(os.environ.get("PAMFLOW_HOME") or Path.home() / ".pamflow").expanduser()
+    api = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/api"
+    try:
+        auth = platform.local_api_auth(home, api)
+    except platform.AuthFileError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if auth:
+        os.environ["PREFECT_API_AUTH_STRING"] = auth
 
 
 def _git_version() -> str | None:
@@ -195,6 +254,17 @@ def status() -> None:
     api = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/api"
     if _api_healthy(api):
         console.print(f"prefect    {api}  [green]healthy[/green]")
+        from pamflow import platform
+
+        if os.environ.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_API_KEY"):
+            console.print("api auth   on (credentials configured)")
+        elif platform.api_requires_auth(api):
+            console.print("api auth   [red]on, but no credentials here[/red]: set "
+                          "PREFECT_API_AUTH_STRING, or run on the host of `pamflow up`")
+            ok = False
+        else:
+            console.print("api auth   [yellow]off: whoever reaches this API runs any robot"
+                          "[/yellow]")
         os.environ["PREFECT_API_URL"] = api
         from prefect.client.orchestration import get_client
 

@@ -1,4 +1,5 @@
-"""CLI commands: ``pamflow webhooks add-source | rotate-secret | remove-source | list | serve``."""
+"""CLI commands: ``pamflow webhooks add-source | rotate-secret | remove-source | list | outbox |
+serve``."""
 
 from __future__ import annotations
 
@@ -83,6 +84,37 @@ def list_sources() -> None:
         grace = " (old secret in grace)" if s.previous_valid_until else ""
         typer.echo(f"{s.name:<20} {s.secret_version:>7}  {rotated:<25} "
                    f"{', '.join(events) or '(no event types registered)'}{grace}")
+
+
+@webhooks_app.command("outbox")
+def outbox(
+    requeue: list[str] = typer.Option(None, "--requeue", metavar="EVENT_ID",
+                                      help="Give this dead row back to the forwarder (repeatable)."),
+    requeue_all: bool = typer.Option(False, "--requeue-all", help="Give every dead row back."),
+    limit: int = typer.Option(50, min=1, help="Dead rows shown, newest first."),
+) -> None:
+    """The outbox: how many calls wait for Prefect, and the dead rows (never forwarded) with
+    the reason; re-queue dead rows once the cause is fixed."""
+    from pamflow import db
+    from pamflow.webhooks import outbox as ob
+
+    engine = db.store()
+    if requeue or requeue_all:
+        n = ob.requeue(engine, None if requeue_all else list(requeue))
+        typer.echo(f"{n} dead row(s) re-queued")
+        if requeue and n < len(requeue):
+            _fail(f"{len(requeue) - n} of the event ids given are not dead rows")
+        return
+    dead = ob.dead_rows(engine, limit)
+    typer.echo(f"outbox: {ob.pending_count(engine)} waiting for Prefect, {ob.dead_count(engine)} dead")
+    if not dead:
+        return
+    typer.echo(f"{'DEAD SINCE':<24} {'EVENT':<28} {'DELIVERY':<24} {'TRIES':>5}  {'EVENT ID':<36}  ERROR")
+    for r in dead:
+        when = r["dead_at"].strftime("%Y-%m-%d %H:%M:%S UTC")
+        typer.echo(f"{when:<24} {r['event']:<28} {r['delivery_id'][:24]:<24} {r['attempts']:>5}  "
+                   f"{r['event_id']:<36}  {r['last_error'] or ''}")
+    typer.echo("re-queue with: pamflow webhooks outbox --requeue EVENT_ID (or --requeue-all)")
 
 
 @webhooks_app.command("serve")

@@ -35,7 +35,11 @@ class WebhookDelivery(SQLModel, table=True):
 
     Written in the same transaction that records the delivery id, before the 202 answer;
     ``delivered_at`` is set once Prefect's ``/events`` took the event (2xx). A forwarder
-    claims undelivered rows by setting ``lease_until``.
+    claims undelivered rows by setting ``lease_until``. ``attempts`` counts the posts of
+    the row taken from the store, ``failures`` the answers that may be the row's fault (a
+    5xx other than 502-504); ``dead_at`` is set when Prefect refused the event itself
+    (400, 413, 422), it cannot be encoded, or ``failures`` reached the limit: a dead row is
+    no longer forwarded and ``last_error`` says why (``pamflow webhooks outbox``).
     """
 
     __tablename__ = "webhook_delivery"
@@ -54,4 +58,6 @@ class WebhookDelivery(SQLModel, table=True):
     delivered_at: datetime | None = None
     lease_until: datetime | None = None
     attempts: int = 0
+    failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    dead_at: datetime | None = None
     last_error: str | None = text_field()

@@ -4,17 +4,21 @@
 ``{"error": "<short reason>"}`` and nothing written or emitted:
 
 1. ``Content-Type`` not ``application/json`` -> 415
-2. ``Content-Length`` (or the body read so far) over the limit -> 413, body not read further
-3. a signing header missing or malformed -> 401
+2. ``Content-Length`` not a number -> 400; over the limit (or the body read so far) -> 413,
+   body not read further
+3. a signing header missing -> 401; the signature not ``sha256=...`` -> 401; the timestamp
+   (ASCII digits only), delivery id or event malformed -> 400 ``malformed <header>``
 4. ``X-Pamflow-Timestamp`` more than 300 s from now -> 401 ``stale timestamp``
 5. unknown source or a wrong signature -> 401 ``invalid signature`` (the same answer for
    both, so callers cannot learn which sources exist)
-6. body not JSON -> 422 ``malformed JSON``; not fitting its event's schema -> 422
+6. body not strict UTF-8 JSON -> 400 with the reason (see ``schemas.parse_body``: not
+   UTF-8, malformed, nested too deep, NaN, numbers out of range, duplicate keys, unpaired
+   surrogates); not fitting its event's schema -> 422
 7. delivery id seen before for this source (also before a restart) -> 409 ``replay``
 
 Then the call is written to the outbox and answered 202 ``{"event_id": ..., "event": ...}``.
 Checks 1-4 come before the source is looked up, so they say nothing about which sources
-exist either. ``GET /health`` answers 200 with the outbox's pending count.
+exist either. ``GET /health`` answers 200 with the outbox's pending and dead counts.
 """
 
 from __future__ import annotations
@@ -24,13 +28,32 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 
 from sqlalchemy.engine import Engine
 
-from .outbox import Accepted, Forwarder, OutboxWriter, checkpoint, pending_count, release
-from .schemas import PayloadError, validate_payload
-from .signing import DELIVERY_RE, EVENT_RE, SIGNATURE_PREFIX, signature_matches, signing_bytes
+from .outbox import (
+    MAX_FAILURES,
+    Accepted,
+    Forwarder,
+    OutboxWriter,
+    checkpoint,
+    dead_count,
+    pending_count,
+    release,
+)
+from .schemas import BodyError, PayloadError, parse_body, validate_payload
+from .signing import (
+    DELIVERY_HEADER,
+    DELIVERY_RE,
+    EVENT_HEADER,
+    EVENT_RE,
+    SIGNATURE_PREFIX,
+    TIMESTAMP_HEADER,
+    signature_matches,
+    signing_bytes,
+)
 from .sources import SecretCache
 
 log = logging.getLogger("pamflow.webhooks")
@@ -38,6 +61,7 @@ log = logging.getLogger("pamflow.webhooks")
 MAX_BODY = int(os.environ.get("PAMFLOW_WEBHOOK_MAX_BODY", 64 * 1024))
 TOLERANCE = int(os.environ.get("PAMFLOW_WEBHOOK_TOLERANCE", 300))
 PREFIX = "/hooks/"
+TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")  # not \d: str patterns match every Unicode digit
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -58,8 +82,10 @@ class Gateway:
 
     def __init__(self, engine: Engine | None = None, api_url: str | None = None,
                  max_body: int = MAX_BODY, tolerance: int = TOLERANCE,
-                 sweep_seconds: float = 2.0, refresh_seconds: float = 1.0) -> None:
+                 sweep_seconds: float = 2.0, refresh_seconds: float = 1.0,
+                 max_failures: int = MAX_FAILURES) -> None:
         self._engine = engine
+        self.max_failures = max_failures
         self.api_url = api_url
         self.max_body = max_body
         self.tolerance = tolerance
@@ -90,7 +116,8 @@ class Gateway:
             engine = self._engine
             self.secrets = SecretCache(engine)
             await asyncio.to_thread(self.secrets.refresh)
-            self.forwarder = Forwarder(engine, self.api_url, sweep_seconds=self.sweep_seconds)
+            self.forwarder = Forwarder(engine, self.api_url, sweep_seconds=self.sweep_seconds,
+                                       max_failures=self.max_failures)
             self.forwarder.start()
             self.writer = OutboxWriter(engine, on_commit=self.forwarder.hand_over)
             self.forwarder.writer = self.writer
@@ -131,13 +158,15 @@ class Gateway:
                 log.warning("could not refresh webhook sources: %s", exc.__class__.__name__)
 
     async def health(self) -> dict:
-        """Counters of this process and the store's count of undelivered outbox rows."""
+        """Counters of this process and the store's counts of waiting and dead outbox rows."""
         fw = self.forwarder
         try:
             pending = await asyncio.to_thread(pending_count, self._engine)
+            dead = await asyncio.to_thread(dead_count, self._engine)
         except Exception:  # noqa: BLE001 - health reports, it does not fail
-            pending = None
-        return {"status": "ok", "outbox_pending": pending, "forwarded": fw.forwarded if fw else 0,
+            pending = dead = None
+        return {"status": "ok", "outbox_pending": pending, "outbox_dead": dead,
+                "forwarded": fw.forwarded if fw else 0,
                 "prefect_error": fw.last_error if fw else None, **self.counts}
 
     # ---- ASGI ----------------------------------------------------------------------
@@ -191,20 +220,20 @@ class Gateway:
             raise Refused(415, "content type must be application/json")
         length = headers.get(b"content-length")
         if length is not None:
-            try:
-                if int(length) > self.max_body:
-                    raise Refused(413, f"body larger than {self.max_body} bytes")
-            except ValueError:
-                raise Refused(400, "bad content-length") from None
+            if not (length.isdigit() and len(length) <= 18):  # bytes.isdigit: ASCII only
+                raise Refused(400, "bad content-length")
+            if int(length) > self.max_body:
+                raise Refused(413, f"body larger than {self.max_body} bytes")
         try:
-            timestamp = headers[b"x-pamflow-timestamp"].decode()
-            delivery = headers[b"x-pamflow-delivery"].decode()
-            event = headers[b"x-pamflow-event"].decode()
-            signature = headers[b"x-pamflow-signature"].decode()
-        except (KeyError, UnicodeDecodeError):
+            raw = [headers[b"x-pamflow-timestamp"], headers[b"x-pamflow-delivery"],
+                   headers[b"x-pamflow-event"], headers[b"x-pamflow-signature"]]
+        except KeyError:
             raise Refused(401, "missing signature headers") from None
-        if not (timestamp.isdigit() and len(timestamp) <= 12 and DELIVERY_RE.fullmatch(delivery)
-                and EVENT_RE.fullmatch(event) and signature.startswith(SIGNATURE_PREFIX)):
+        timestamp = _header(raw[0], TIMESTAMP_RE, TIMESTAMP_HEADER)
+        delivery = _header(raw[1], DELIVERY_RE, DELIVERY_HEADER)
+        event = _header(raw[2], EVENT_RE, EVENT_HEADER)
+        signature = raw[3].decode("ascii", "replace")
+        if not signature.startswith(SIGNATURE_PREFIX):
             raise Refused(401, "malformed signature headers")
         if abs(time.time() - int(timestamp)) > self.tolerance:
             raise Refused(401, "stale timestamp")
@@ -222,9 +251,9 @@ class Gateway:
                 raise Refused(401, "invalid signature")
 
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise Refused(422, "malformed JSON") from None
+            payload = parse_body(body)
+        except BodyError as exc:
+            raise Refused(400, str(exc)) from None
         name = f"pam.{source}.{event}"
         try:
             validate_payload(name, payload)
@@ -270,6 +299,17 @@ class Gateway:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _header(raw: bytes, pattern: re.Pattern, name: str) -> str:
+    """A signing header's value: ASCII and matching ``pattern``, else 400 naming the header."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise Refused(400, f"malformed {name}") from None
+    if not pattern.fullmatch(text):
+        raise Refused(400, f"malformed {name}")
+    return text
 
 
 async def _answer(send, status: int, obj: dict) -> None:

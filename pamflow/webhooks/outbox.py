@@ -11,12 +11,19 @@
   event id they have seen).
 * :class:`Forwarder` — an asyncio task in the gateway, woken after each commit and every
   ``sweep_seconds``, that posts claimed rows to ``{PREFECT_API_URL}/events``.
+* Dead rows: a row Prefect refuses (400, 413, 422: the event itself is wrong), that cannot
+  be encoded as JSON, or that meets ``max_failures`` answers that may be its own fault (a
+  5xx other than 502-504) gets ``dead_at`` and its last error and is never posted again
+  until an operator re-queues it (``pamflow webhooks outbox --requeue``). Prefect being
+  away, overloaded or refusing our credentials (no answer, 401, 403, 404, 408, 429,
+  502-504...) is not the row's fault: those rows wait, however long it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import queue
@@ -37,6 +44,11 @@ log = logging.getLogger("pamflow.webhooks")
 T = WebhookDelivery.__table__
 LEASE = timedelta(seconds=30)
 RETENTION = timedelta(days=1)  # delivered rows kept (replay guard) well past the 5-minute window
+MAX_FAILURES = int(os.environ.get("PAMFLOW_WEBHOOK_MAX_FAILURES", 20))
+# Prefect's answers that say the event itself is wrong: retrying cannot help
+REFUSED = frozenset({400, 413, 422})
+# answers that say Prefect is away, overloaded, elsewhere or refusing our credentials
+UNAVAILABLE = frozenset({401, 403, 404, 405, 407, 408, 421, 425, 429, 502, 503, 504})
 
 
 @dataclass
@@ -53,7 +65,7 @@ class Accepted:
     def row(self) -> dict[str, Any]:
         return {"event_id": self.event_id, "source": self.source, "delivery_id": self.delivery_id,
                 "event": self.event, "payload": self.payload, "received_at": self.received_at,
-                "attempts": 0}
+                "attempts": 0, "failures": 0}
 
 
 def _insert_ignore(engine: Engine):
@@ -73,7 +85,7 @@ class _RawStatements:
     """
 
     INSERT_COLUMNS = ("event_id", "source", "delivery_id", "event", "payload", "received_at",
-                      "lease_until", "attempts")
+                      "lease_until", "attempts", "failures")
 
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
@@ -270,7 +282,7 @@ def claim(engine: Engine, limit: int = 100, lease: timedelta = LEASE) -> list[di
     """Lease up to ``limit`` undelivered rows whose lease is free, oldest first."""
     now = utcnow()
     pending = (sa.select(T.c.id)
-               .where(T.c.delivered_at.is_(None),
+               .where(T.c.delivered_at.is_(None), T.c.dead_at.is_(None),
                       sa.or_(T.c.lease_until.is_(None), T.c.lease_until < now))
                .order_by(T.c.id).limit(limit))
     if engine.dialect.name == "postgresql":
@@ -307,6 +319,51 @@ def release(engine: Engine, event_ids: list[str], error: str) -> None:
         _release(conn, event_ids, error)
 
 
+def fail(engine: Engine, event_ids: list[str], error: str, max_failures: int = MAX_FAILURES) -> int:
+    """Prefect answered these rows with an error that may be their own fault: count it, give
+    the rows back, and bury those that reached ``max_failures``. Returns how many died."""
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(T.update().where(T.c.event_id.in_(event_ids), T.c.delivered_at.is_(None))
+                     .values(failures=T.c.failures + 1, lease_until=None, last_error=error[:500],
+                             dead_at=sa.case((T.c.failures + 1 >= max_failures, now), else_=None)))
+        return conn.execute(sa.select(sa.func.count()).select_from(T)
+                            .where(T.c.event_id.in_(event_ids), T.c.dead_at.is_not(None))).scalar_one()
+
+
+def bury(engine: Engine, event_ids: list[str], error: str) -> None:
+    """These rows can never be forwarded as they are: mark them dead with the reason."""
+    with engine.begin() as conn:
+        conn.execute(T.update().where(T.c.event_id.in_(event_ids), T.c.delivered_at.is_(None))
+                     .values(dead_at=utcnow(), lease_until=None, last_error=error[:500]))
+
+
+def requeue(engine: Engine, event_ids: list[str] | None = None) -> int:
+    """Give dead rows (all of them when ``event_ids`` is None) back to the forwarder."""
+    stmt = T.update().where(T.c.dead_at.is_not(None), T.c.delivered_at.is_(None))
+    if event_ids is not None:
+        stmt = stmt.where(T.c.event_id.in_(event_ids))
+    with engine.begin() as conn:
+        return conn.execute(stmt.values(dead_at=None, failures=0, lease_until=None)).rowcount
+
+
+def dead_rows(engine: Engine, limit: int = 100) -> list[dict]:
+    """The newest dead rows, without their payloads."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(T.c.event_id, T.c.source, T.c.delivery_id, T.c.event,
+                                      T.c.received_at, T.c.dead_at, T.c.attempts, T.c.failures,
+                                      T.c.last_error)
+                            .where(T.c.dead_at.is_not(None), T.c.delivered_at.is_(None))
+                            .order_by(T.c.id.desc()).limit(limit))
+        return [dict(r._mapping) for r in rows]
+
+
+def dead_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(T)
+                            .where(T.c.delivered_at.is_(None), T.c.dead_at.is_not(None))).scalar_one()
+
+
 def checkpoint(engine: Engine) -> None:
     """Fold SQLite's write-ahead log into the database without blocking writers (PASSIVE)."""
     if engine.dialect.name == "sqlite":
@@ -315,9 +372,10 @@ def checkpoint(engine: Engine) -> None:
 
 
 def pending_count(engine: Engine) -> int:
+    """Rows waiting to be forwarded (dead rows are not counted: they wait for an operator)."""
     with engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(T)
-                            .where(T.c.delivered_at.is_(None))).scalar_one()
+                            .where(T.c.delivered_at.is_(None), T.c.dead_at.is_(None))).scalar_one()
 
 
 def purge_delivered(engine: Engine, older_than: timedelta = RETENTION) -> int:
@@ -375,21 +433,25 @@ class Forwarder:
 
     Fresh rows arrive in memory from the writer (:meth:`hand_over`, already leased to this
     process) and are posted at once; a sweep every ``sweep_seconds`` claims rows left in
-    the store (by a failed post, a crash, another gateway). After a failed post the
-    forwarder releases what it holds and backs off (0.5 s doubling to ``max_backoff``);
-    the sweeps then retry until Prefect takes the events.
+    the store (by a failed post, a crash, another gateway). When Prefect is unavailable
+    the forwarder releases what it holds and backs off (0.5 s doubling to ``max_backoff``);
+    the sweeps then retry until Prefect takes the events. When Prefect answers a batch with
+    an error that may come from one of its events, the batch is posted again one event at
+    a time, so one bad row neither holds back nor takes down the others.
     """
 
     BATCH = 100
 
     def __init__(self, engine: Engine, api_url: str | None = None, sweep_seconds: float = 2.0,
-                 max_backoff: float = 5.0) -> None:
+                 max_backoff: float = 5.0, max_failures: int = MAX_FAILURES) -> None:
         self.engine = engine
         self.api_url = (api_url or prefect_api_url()).rstrip("/")
         self.sweep_seconds = sweep_seconds
         self.max_backoff = max_backoff
+        self.max_failures = max_failures
         self.writer: OutboxWriter | None = None
         self.forwarded = 0
+        self.dead = 0
         self.last_error: str | None = None
         self._fresh: list[dict] = []
         self._wake = asyncio.Event()
@@ -464,8 +526,9 @@ class Forwarder:
         while self._fresh:
             rows, self._fresh = self._fresh[:self.BATCH], self._fresh[self.BATCH:]
             if not await self._deliver(rows, via_writer=True):
-                held, self._fresh = rows + self._fresh, []
-                self._give_back([r["event_id"] for r in held])
+                held, self._fresh = self._fresh, []
+                if held:
+                    self._give_back([r["event_id"] for r in held])
                 return False
         return True
 
@@ -476,40 +539,127 @@ class Forwarder:
             release(self.engine, event_ids, self.last_error or "not forwarded")
 
     async def forward_pending(self) -> bool:
-        """Forward every row the store holds unleased; False if Prefect did not take a batch."""
+        """Forward every row the store holds unleased; False if Prefect was unavailable."""
         while True:
             rows = await asyncio.to_thread(claim, self.engine, self.BATCH)
             if not rows:
                 return True
             if not await self._deliver(rows, via_writer=False):
-                await asyncio.to_thread(release, self.engine, [r["event_id"] for r in rows],
-                                        self.last_error or "not forwarded")
                 return False
 
     async def _deliver(self, rows: list[dict], via_writer: bool) -> bool:
-        error = await self._post([to_prefect_event(r) for r in rows])
-        if error is None:
-            ids = [r["event_id"] for r in rows]
-            if via_writer and self.writer is not None:
-                self.writer.mark_delivered(ids)
-            else:
-                await asyncio.to_thread(mark_delivered, self.engine, ids)
-            self.forwarded += len(rows)
-            if self.last_error:
-                log.info("Prefect takes events again")
-            self.last_error = None
-            return True
-        if error != self.last_error:
-            log.warning("Prefect did not take %d events (%s); they stay in the outbox", len(rows), error)
-        self.last_error = error
-        return False
+        """Post ``rows`` and settle each of them: delivered, given back, counted or dead.
 
-    async def _post(self, events: list[dict]) -> str | None:
+        False when Prefect was unavailable (the unsettled rows are given back).
+        """
+        bodies: list[tuple[dict, bytes]] = []
+        unencodable: list[str] = []
+        for r in rows:
+            try:
+                bodies.append((r, encode_event(r)))
+            except (TypeError, ValueError) as exc:  # NaN, unpaired surrogates... from older rows
+                unencodable.append(r["event_id"])
+                log.warning("outbox row %s (%s) cannot be encoded as JSON (%s); marked dead",
+                            r["event_id"], r["event"], exc.__class__.__name__)
+        if unencodable:
+            await self._bury(unencodable, "cannot be encoded as JSON")
+        if not bodies:
+            return True
+        status, error = await self._post([b for _, b in bodies])
+        if status == "ok":
+            await self._delivered([r for r, _ in bodies], via_writer)
+            return True
+        if status == "unavailable" or len(bodies) == 1:
+            return await self._settle(bodies, status, error, via_writer)
+        # one of the events may be at fault: post them one at a time
+        log.warning("Prefect refused a batch of %d events (%s); posting them one at a time",
+                    len(bodies), error)
+        for i, (r, body) in enumerate(bodies):
+            status, error = await self._post([body])
+            if status == "ok":
+                await self._delivered([r], via_writer)
+                continue
+            if not await self._settle([(r, body)], status, error, via_writer):
+                rest = [x["event_id"] for x, _ in bodies[i + 1:]]
+                if rest:
+                    await self._release(rest, via_writer)
+                return False
+        return True
+
+    async def _settle(self, bodies: list[tuple[dict, bytes]], status: str, error: str,
+                      via_writer: bool) -> bool:
+        ids = [r["event_id"] for r, _ in bodies]
+        if error != self.last_error:
+            log.warning("Prefect did not take %d events (%s)", len(ids), error)
+        self.last_error = error
+        if status == "unavailable":
+            await self._release(ids, via_writer)
+            return False
+        if status == "refused":
+            for r, _ in bodies:
+                log.warning("outbox row %s (%s, delivery %s) refused by Prefect (%s); marked dead",
+                            r["event_id"], r["event"], r["delivery_id"], error)
+            await self._bury(ids, error)
+            return True
+        died = await asyncio.to_thread(fail, self.engine, ids, error, self.max_failures)
+        if died:
+            self.dead += died
+            log.warning("%d outbox row(s) failed %d times (%s); marked dead", died,
+                        self.max_failures, error)
+        return True
+
+    async def _delivered(self, rows: list[dict], via_writer: bool) -> None:
+        ids = [r["event_id"] for r in rows]
+        if via_writer and self.writer is not None:
+            self.writer.mark_delivered(ids)
+        else:
+            await asyncio.to_thread(mark_delivered, self.engine, ids)
+        self.forwarded += len(rows)
+        if self.last_error:
+            log.info("Prefect takes events again")
+        self.last_error = None
+
+    async def _release(self, event_ids: list[str], via_writer: bool) -> None:
+        if via_writer and self.writer is not None:
+            self.writer.release(event_ids, self.last_error or "not forwarded")
+        else:
+            await asyncio.to_thread(release, self.engine, event_ids, self.last_error or "not forwarded")
+
+    async def _bury(self, event_ids: list[str], error: str) -> None:
+        await asyncio.to_thread(bury, self.engine, event_ids, error)
+        self.dead += len(event_ids)
+
+    async def _post(self, bodies: list[bytes]) -> tuple[str, str | None]:
+        """("ok" | "refused" | "failed" | "unavailable", the error) for one post."""
         assert self._client is not None
         try:
-            resp = await self._client.post(f"{self.api_url}/events", json=events)
+            resp = await self._client.post(f"{self.api_url}/events", content=b"[" + b",".join(bodies) + b"]",
+                                           headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
-            return f"{self.api_url} unreachable: {exc.__class__.__name__}"
-        if 200 <= resp.status_code < 300:
-            return None
-        return f"{self.api_url}/events answered {resp.status_code}"
+            return "unavailable", f"{self.api_url} unreachable: {exc.__class__.__name__}"
+        code = resp.status_code
+        if 200 <= code < 300:
+            return "ok", None
+        error = f"{self.api_url}/events answered {code}{_detail(resp)}"
+        if code in REFUSED:
+            return "refused", error
+        if code in UNAVAILABLE or code < 400:
+            return "unavailable", error
+        return "failed", error
+
+
+def encode_event(row: dict) -> bytes:
+    """The row's Prefect event as strict JSON (UTF-8, no NaN); raises if it cannot be."""
+    return json.dumps(to_prefect_event(row), allow_nan=False, ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def _detail(resp: httpx.Response) -> str:
+    """Where and why Prefect's validation refused an event (never the event's values)."""
+    try:
+        details = resp.json().get("exception_detail") or []
+        first = details[0]
+        where = ".".join(str(p) for p in first.get("loc", []))[:100]
+        return f": {where}: {str(first.get('msg', ''))[:150]}"
+    except Exception:  # noqa: BLE001 - not Prefect's validation answer: the code says enough
+        return ""

@@ -8,12 +8,23 @@ trigger to prefect.yaml together.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+MAX_DEPTH = 32  # objects and arrays nested in a payload, the payload itself counting as 1
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what every store and Prefect's API hold exactly
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class PayloadError(ValueError):
     """The body does not fit its event's schema; the message is short and safe to return."""
+
+
+class BodyError(ValueError):
+    """The body is not strict JSON in UTF-8; the message is short and safe to return."""
 
 
 @dataclass(frozen=True)
@@ -80,3 +91,99 @@ def validate_payload(event: str, payload: Any) -> dict:
         if spec.max_length is not None and len(value) > spec.max_length:
             raise PayloadError(f"{name} is longer than {spec.max_length}")
     return payload
+
+
+# ---- strict JSON ------------------------------------------------------------------------
+# Python's json module accepts more than JSON (NaN, Infinity), keeps the last of duplicate
+# keys, turns 1e400 into infinity, lets unpaired surrogates through and recurses once per
+# nesting level. Each of those would reach the outbox and then fail (or be read differently)
+# further on, so the gateway refuses them here, before anything is written.
+
+def _no_constant(_name: str) -> Any:
+    raise BodyError("JSON must not contain NaN or Infinity")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BodyError("JSON number out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:  # longer than any 64-bit integer; int() would also be slow on it
+        raise BodyError("JSON number out of range")
+    value = int(text)
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise BodyError("JSON number out of range")
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = f": {key}" if _SAFE_KEY.fullmatch(key) else ""
+                raise BodyError(f"duplicate key in JSON object{shown}")
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_float=_finite_float,
+                            parse_int=_bounded_int, parse_constant=_no_constant)
+_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels"
+
+
+def _check_tree(value: Any, strings: bool) -> None:
+    """Depth, and (``strings``) that every string and key encodes to UTF-8; iterative."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > MAX_DEPTH:
+                raise BodyError(_DEEP)
+            for key, child in item.items():
+                if strings:
+                    _check_string(key)
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            if depth > MAX_DEPTH:
+                raise BodyError(_DEEP)
+            stack.extend((child, depth + 1) for child in item)
+        elif strings and isinstance(item, str):
+            _check_string(item)
+
+
+def _check_string(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BodyError("JSON string with an unpaired surrogate") from None
+
+
+def parse_body(body: bytes) -> Any:
+    """The JSON value of ``body``, or :class:`BodyError` saying why it is refused.
+
+    The body must be UTF-8 (no other encoding, no byte order mark), hold exactly one JSON
+    value, nest at most ``MAX_DEPTH`` levels, use no NaN/Infinity, no number a 64-bit
+    integer or a finite double cannot hold, no duplicate keys and no unpaired surrogates.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("body is not UTF-8") from None
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise BodyError(_DEEP) from None
+    except BodyError:
+        raise
+    except ValueError:
+        raise BodyError("malformed JSON") from None
+    # the walk is needed only when the body could nest that deep or escape a surrogate
+    escapes = b"\\u" in body
+    if escapes or body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+        _check_tree(value, strings=escapes)
+    return value

@@ -2,13 +2,14 @@
 
 Secrets are stored encrypted with the vault (purpose ``"webhook"``) and shown once, when
 created or rotated. The gateway keeps the decrypted secrets in memory and re-reads a
-source whenever its ``secret_version`` changes (checked every second, and when a call names a
-source or signature it does not know: such calls wait for one shared re-read, at most
-two a second, before they are answered).
+source whenever its stored secret changes: rotated, or removed and added again (checked
+every second, and when a call names a source or signature it does not know: such
+calls wait for one shared re-read, at most two a second, before they are answered).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -23,6 +24,7 @@ from ..vault import vault
 from .signing import SOURCE_RE, generate_secret
 
 PURPOSE = "webhook"
+log = logging.getLogger("pamflow.webhooks")
 
 
 class SourceError(ValueError):
@@ -96,14 +98,21 @@ def list_sources(engine: Engine) -> list[SourceInfo]:
 
 @dataclass
 class _Entry:
-    version: int
-    current: bytes
+    sealed: tuple  # the row's ciphertexts and grace end: new on every add, rotate or re-add
+    current: bytes | None  # None: the secret could not be decrypted; calls are refused
     previous: bytes | None
     previous_valid_until: float  # time.time(); 0 when none
 
 
 class SecretCache:
-    """Decrypted source secrets, in memory, refreshed when a source's version changes."""
+    """Decrypted source secrets, in memory, refreshed when a source's stored secret changes.
+
+    A change is seen by comparing the stored ciphertexts (a fresh nonce each time), so a
+    source removed and added again under the same name and version is re-read too. A
+    source whose secret cannot be decrypted (another master key, a damaged row) is logged
+    by name and refused like an unknown source until its row changes; the other sources
+    keep refreshing.
+    """
 
     # a key for unknown sources, so an unknown source costs the same HMAC as a known one
     _DUMMY = [secrets.token_bytes(32)]
@@ -118,7 +127,7 @@ class SecretCache:
     def candidates(self, source: str) -> tuple[bool, list[bytes]]:
         """(known, secrets to try) for ``source``; unknown sources get a dummy key."""
         entry = self._entries.get(source)
-        if entry is None:
+        if entry is None or entry.current is None:
             return False, self._DUMMY
         keys = [entry.current]
         if entry.previous is not None and time.time() < entry.previous_valid_until:
@@ -131,37 +140,51 @@ class SecretCache:
         return self._last_refresh
 
     def refresh(self) -> bool:
-        """Re-read sources whose version changed (blocking; run it in a thread). True if any did."""
+        """Re-read sources whose stored secret changed (blocking; run it in a thread).
+
+        True if any did.
+        """
         t = WebhookSource.__table__
         with self._lock:
             self._last_refresh = time.monotonic()
             with self.engine.connect() as conn:
-                versions = {r.name: r for r in conn.execute(
-                    sa.select(t.c.name, t.c.secret_version, t.c.enabled, t.c.previous_valid_until))}
-                stale = [n for n, r in versions.items()
-                         if r.enabled and (n not in self._entries
-                                           or self._entries[n].version != r.secret_version)]
-                changed = bool(stale)
-                entries = {n: e for n, e in self._entries.items()
-                           if n in versions and versions[n].enabled}
-                changed |= len(entries) != len(self._entries)
-                if stale:
-                    rows = conn.execute(sa.select(t.c.name, t.c.secret, t.c.secret_version,
-                                                  t.c.previous_secret, t.c.previous_valid_until)
-                                        .where(t.c.name.in_(stale)))
-                    v = vault()
-                    for r in rows:
-                        previous = (v.decrypt(r.previous_secret, PURPOSE).encode()
-                                    if r.previous_secret and r.previous_valid_until else None)
-                        entries[r.name] = _Entry(
-                            version=r.secret_version,
-                            current=v.decrypt(r.secret, PURPOSE).encode(),
-                            previous=previous,
-                            previous_valid_until=(r.previous_valid_until.timestamp()
-                                                  if previous else 0.0))
+                rows = list(conn.execute(sa.select(t.c.name, t.c.secret, t.c.previous_secret,
+                                                   t.c.previous_valid_until)
+                                         .where(t.c.enabled.is_(True))))
+            entries: dict[str, _Entry] = {}
+            changed = False
+            for r in rows:
+                sealed = (r.secret, r.previous_secret, r.previous_valid_until)
+                entry = self._entries.get(r.name)
+                if entry is None or entry.sealed != sealed:
+                    entry = _decrypt(r, sealed)
+                    changed = True
+                entries[r.name] = entry
+            changed |= len(entries) != len(self._entries)
             self._entries = entries
             return changed
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        """The sources whose calls can be checked (decrypted secrets)."""
+        return sorted(n for n, e in self._entries.items() if e.current is not None)
+
+
+def _decrypt(row, sealed: tuple) -> _Entry:
+    """The cache entry of one source row; never raises (a bad row is logged by name)."""
+    v = vault()
+    try:
+        current = v.decrypt(row.secret, PURPOSE).encode()
+    except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
+        log.warning("webhook source %s: its secret cannot be decrypted (%s); its calls are "
+                    "refused until it is rotated or added again", row.name, exc.__class__.__name__)
+        return _Entry(sealed=sealed, current=None, previous=None, previous_valid_until=0.0)
+    previous = None
+    if row.previous_secret and row.previous_valid_until:
+        try:
+            previous = v.decrypt(row.previous_secret, PURPOSE).encode()
+        except Exception as exc:  # noqa: BLE001 - the current secret still works
+            log.warning("webhook source %s: its previous secret cannot be decrypted (%s); only "
+                        "the current one is accepted", row.name, exc.__class__.__name__)
+    return _Entry(sealed=sealed, current=current, previous=previous,
+                  previous_valid_until=row.previous_valid_until.timestamp() if previous else 0.0)

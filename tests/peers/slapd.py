@@ -222,5 +222,15 @@ access to *
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+FIX = "install slapd and ldap-utils (scripts/test installs them)"
+
+
+def slapd_missing() -> str | None:
+    """Why the slapd peer cannot run here, or None when it can."""
+    if not (Path(SLAPD).exists() and os.access(SLAPD, os.X_OK)):
+        return f"slapd is not installed ({SLAPD} does not exist)"
+    return None
+
+
 def slapd_available() -> bool:
-    return Path(SLAPD).exists() and os.access(SLAPD, os.X_OK)
+    return slapd_missing() is None

@@ -19,6 +19,10 @@ from pathlib import Path
 from pamflow.platform import free_port
 
 SUDOERS_DIR = Path("/etc/sudoers.d")
+# where sshd is; PAMFLOW_TEST_SSHD_BIN points at another build (or, in tests of the test
+# suite itself, at nothing: a missing peer must fail the run, never skip it)
+SSHD_BIN = Path(os.environ.get("PAMFLOW_TEST_SSHD_BIN") or "/usr/sbin/sshd")
+FIX = "run the tests as root with openssh-server and sudo installed (scripts/test installs them)"
 
 
 def _wait_banner(port: int, timeout: float = 15) -> bytes:
@@ -46,8 +50,9 @@ class SSHD:
 
     @classmethod
     def start(cls, max_startups: int = 400) -> SSHD:
-        if shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists():
-            raise RuntimeError("sshd not installed: apt-get install openssh-server sudo")
+        missing = sshd_missing()
+        if missing:
+            raise RuntimeError(f"{missing}: {FIX}")
         workdir = Path(tempfile.mkdtemp(prefix="pamflow-sshd-"))
         key = workdir / "ssh_host_ed25519_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -75,7 +80,7 @@ Subsystem sftp internal-sftp
 """
         )
         proc = subprocess.Popen(
-            ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            [str(SSHD_BIN), "-D", "-e", "-f", str(config)],
             stdout=open(workdir / "sshd.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
@@ -121,7 +126,7 @@ Subsystem sftp internal-sftp
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         self.host_key_pub = Path(str(key) + ".pub").read_text().strip()
         self.proc = subprocess.Popen(
-            ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.workdir / "sshd_config")],
+            [str(SSHD_BIN), "-D", "-e", "-f", str(self.workdir / "sshd_config")],
             stdout=open(self.workdir / "sshd.log", "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
@@ -141,5 +146,16 @@ Subsystem sftp internal-sftp
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def sshd_missing() -> str | None:
+    """Why the sshd peer cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "the sshd peer needs root (it creates Linux accounts and a sudoers drop-in)"
+    if not SSHD_BIN.exists():
+        return f"sshd is not installed ({SSHD_BIN} does not exist)"
+    if shutil.which("sudo") is None:
+        return "sudo is not installed"
+    return None
+
+
 def sshd_available() -> bool:
-    return os.geteuid() == 0 and Path("/usr/sbin/sshd").exists()
+    return sshd_missing() is None
