@@ -92,7 +92,7 @@ def devices_add(
     address: str = typer.Argument(..., help="IP address or host name."),
     name: str = typer.Option(None, help="Display name (default: the address)."),
     platform: str = typer.Option("linux", help="linux, unix, windows, ldap or network."),
-    ports: str = typer.Option(None, help='Ports, e.g. "22" or "5985;3389" (default by platform).'),
+    ports: str = typer.Option(None, help='Ports, e.g. "22" or "5986;3389" (default by platform).'),
     site: str = typer.Option(None),
     tenant: str = typer.Option("default"),
     change_protocol: str = typer.Option(None, help="ssh, winrm or ldap (default from platform)."),
