@@ -13,8 +13,15 @@ Endpoint settings (``Device.settings``; none of them secret):
 - ``sudo``: ``"nopasswd"`` (default: ``sudo -n chpasswd``, the sudoers rule needs no
   password), ``"password"`` (sudo asks for the admin's own password; it is sent on stdin
   after sudo's prompt, never on a command line) or ``"none"`` (the admin is root).
-- ``chpasswd``: path of chpasswd on the target (default ``/usr/sbin/chpasswd``).
-- ``passwd``: path of passwd for self-service changes (default ``passwd``).
+- ``chpasswd``: path of chpasswd on the target: ``/usr/sbin/chpasswd`` (default),
+  ``/usr/bin/chpasswd`` or ``/sbin/chpasswd``.
+- ``passwd``: passwd for self-service changes: ``passwd`` (default, found on the
+  account's PATH), ``/usr/bin/passwd`` or ``/bin/passwd``.
+
+These settings become part of a remote command line, so only the values listed are
+accepted: anything else is refused at step ``validate``, before connecting, naming the
+setting (device data must not choose what runs on a target as root). The command lines are
+built from those values, shell-quoted all the same.
 
 ``apply`` with an admin opens ONE connection as the admin and feeds every change of the
 device to a single ``chpasswd`` as ``user:password`` lines on stdin. chpasswd names the
@@ -38,6 +45,7 @@ import base64
 import hashlib
 import logging
 import re
+import shlex
 import socket
 import threading
 import time
@@ -54,6 +62,7 @@ from .base import (
     ChangeResult,
     Endpoint,
     HostKeyChanged,
+    InvalidSetting,
     Login,
     TargetError,
     Unreachable,
@@ -70,6 +79,11 @@ SUDO_PROMPT = "PAMFLOW-SUDO-PROMPT:"
 SUDO_OK = "PAMFLOW-SUDO-OK"
 # chpasswd hashes one password per line on the target: allow for it on top of the timeout
 PER_LINE_SECONDS = 0.25
+
+# the only values the device settings may take (they end up in a remote command line)
+SUDO_MODES = ("nopasswd", "password", "none")
+CHPASSWD_PATHS = ("/usr/sbin/chpasswd", "/usr/bin/chpasswd", "/sbin/chpasswd")
+PASSWD_COMMANDS = ("passwd", "/usr/bin/passwd", "/bin/passwd")
 
 # Cheap for a Python client: AEAD (no Python-side HMAC), curve25519, ed25519 first.
 _CIPHERS = ("aes128-gcm@openssh.com", "aes128-ctr", "aes256-gcm@openssh.com", "aes256-ctr")
@@ -326,6 +340,11 @@ class SSHTarget:
         """Set every change's new secret (see the module docstring)."""
         if not changes:
             return []
+        problem = _settings(endpoint)
+        if isinstance(problem, str):
+            return [ChangeResult(c.username, InvalidSetting(
+                problem, device=endpoint.name, account=c.username, step="validate"))
+                for c in changes]
         results: dict[str, ChangeResult] = {}
         valid: list[Change] = []
         for change in changes:
@@ -353,12 +372,13 @@ class SSHTarget:
 
     # -- through the admin: sudo chpasswd
     def _chpasswd_command(self, endpoint: Endpoint) -> tuple[str, str]:
-        chpasswd = endpoint.settings.get("chpasswd") or "/usr/sbin/chpasswd"
-        mode = (endpoint.settings.get("sudo") or "nopasswd").lower()
+        """(sudo mode, command line) from the checked settings (see ``check_settings``)."""
+        mode, chpasswd, _passwd = check_settings(endpoint)
+        chpasswd = shlex.quote(chpasswd)
         if mode == "none":
             return mode, chpasswd
         if mode == "password":
-            return mode, (f"sudo -S -p '{SUDO_PROMPT}' -v && echo {SUDO_OK} >&2 && "
+            return mode, (f"sudo -S -p {shlex.quote(SUDO_PROMPT)} -v && echo {SUDO_OK} >&2 && "
                           f"sudo -n {chpasswd}")
         return "nopasswd", f"sudo -n {chpasswd}"
 
@@ -502,7 +522,7 @@ class SSHTarget:
         where = {"device": endpoint.name, "account": change.username, "step": "passwd"}
         secrets = [change.current_secret, change.new_secret]
         deadline = time.monotonic() + timeout + 5
-        passwd = endpoint.settings.get("passwd") or "passwd"
+        passwd = shlex.quote(check_settings(endpoint)[2])
         try:
             chan = transport.open_session(timeout=timeout)
             chan.get_pty(term="dumb", width=200, height=24)
@@ -561,6 +581,36 @@ class SSHTarget:
         log.info("ssh: passwd changed the password of %s on %s", change.username, endpoint.name)
 
 
+def check_settings(endpoint: Endpoint) -> tuple[str, str, str]:
+    """The device's (sudo mode, chpasswd path, passwd command), each one of the known values.
+
+    Raises ``InvalidSetting`` (step ``validate``) naming the first setting that is not.
+    """
+    checked = _settings(endpoint)
+    if isinstance(checked, str):
+        raise InvalidSetting(checked, device=endpoint.name, step="validate")
+    return checked
+
+
+def _settings(endpoint: Endpoint) -> tuple[str, str, str] | str:
+    """``check_settings``'s values, or the reason they are refused."""
+    settings = endpoint.settings or {}
+    checked = []
+    for name, default, allowed, fold in (("sudo", "nopasswd", SUDO_MODES, True),
+                                         ("chpasswd", CHPASSWD_PATHS[0], CHPASSWD_PATHS, False),
+                                         ("passwd", PASSWD_COMMANDS[0], PASSWD_COMMANDS, False)):
+        value = settings.get(name)
+        if value is None or value == "":
+            checked.append(default)
+            continue
+        text = value.strip().lower() if fold and isinstance(value, str) else value
+        if not isinstance(text, str) or text not in allowed:
+            return (f"setting {name} must be one of {', '.join(allowed)}; {str(value)[:80]!r} is "
+                    "not accepted")
+        checked.append(text)
+    return checked[0], checked[1], checked[2]
+
+
 _PROMPTS = (
     ("current", re.compile(r"(current|old)[^:\n]*password[^:\n]*:\s*$", re.I)),
     ("new", re.compile(r"(retype|again|re-?enter|repeat|confirm|verify)[^:\n]*password[^:\n]*:\s*$",
@@ -587,4 +637,5 @@ def _drain(chan: paramiko.Channel) -> tuple[bytes, bytes]:
     return out, err
 
 
-__all__ = ["MemoryHostKeys", "SSHTarget", "StoreHostKeys", "fingerprint"]
+__all__ = ["CHPASSWD_PATHS", "PASSWD_COMMANDS", "SUDO_MODES", "MemoryHostKeys", "SSHTarget",
+           "StoreHostKeys", "check_settings", "fingerprint"]
