@@ -31,9 +31,12 @@ each account is changed by its own ``chpasswd`` call so a bad one cannot hide th
 Without an admin each account logs in with its current secret and runs ``passwd`` on a
 pty, answering its prompts.
 
-Host keys: the first contact with a device's port records its key (``HostKey`` table); a
-later different key raises ``HostKeyChanged`` *before* any password is sent. Only the
-recorded key types are offered in the negotiation, as OpenSSH does with known_hosts.
+Host keys: a key pinned for a device's port before the first connection
+(``pamflow.hostkeys``, ``pamflow devices pin-host-key``) is the only one accepted there;
+without one, the first contact records the key offered (``HostKey`` table, trust on first
+use). Either way a different key raises ``HostKeyChanged`` at step ``host key`` *before*
+any password is sent. Only the recorded key types are offered in the negotiation, as
+OpenSSH does with known_hosts.
 
 Errors name the device, account and step and never carry a secret: every text that comes
 back from the target is scrubbed of the secrets in play before it goes into an exception.
@@ -130,16 +133,18 @@ class MemoryHostKeys:
 
 
 class StoreHostKeys:
-    """Host keys in the store's ``host_key`` table, cached in memory once seen.
+    """Host keys in the store's ``host_key`` table, cached in memory for ``max_age`` seconds.
 
     A recorded key never changes by itself; an operator who accepts a new key deletes the
-    row, and ``SSHTarget`` re-reads the table before it reports a changed key, so the
-    cache never makes a stale refusal permanent.
+    row or pins another key. A running target sees that within ``max_age`` seconds, and
+    re-reads the table at once before it reports a changed key, so the cache never makes a
+    stale refusal permanent.
     """
 
-    def __init__(self, engine=None) -> None:
+    def __init__(self, engine=None, *, max_age: float = 30.0) -> None:
         self._engine = engine
-        self._cache: dict[tuple[int, int], dict[str, str]] = {}
+        self.max_age = max_age
+        self._cache: dict[tuple[int, int], tuple[float, dict[str, str]]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -163,12 +168,13 @@ class StoreHostKeys:
     def get(self, device_id: int, port: int, *, fresh: bool = False) -> dict[str, str]:
         key = (device_id, port)
         with self._lock:
-            if not fresh and key in self._cache:
-                return dict(self._cache[key])
+            cached = self._cache.get(key)
+            if not fresh and cached and time.monotonic() - cached[0] < self.max_age:
+                return dict(cached[1])
         keys = self._load(device_id, port)
         with self._lock:
             if keys:
-                self._cache[key] = keys
+                self._cache[key] = (time.monotonic(), keys)
             else:
                 self._cache.pop(key, None)
         return dict(keys)
