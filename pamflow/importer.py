@@ -21,7 +21,7 @@ Columns (header names are case-insensitive; spaces and dashes count as ``_``)
 ``name``                 Display name (default: the address).
 ``platform``             ``linux`` (default), ``unix``, ``windows``, ``ldap``, ``network``.
 ``ports``                Ports to probe, ``22;3389``, ``22,443`` or ``22 443``
-                         (default by platform: 22, windows 5985, ldap 389).
+                         (default by platform: 22, windows 5986, ldap 636).
 ``site``                 Free text.
 ``tenant``               Tenant (default ``default``).
 ``change_protocol``      ``ssh``, ``winrm`` or ``ldap`` (default: from the platform).
@@ -91,7 +91,7 @@ MAX_ROWS = 1_000_000
 CHUNK_SIZE = 5000
 _QUERY_BATCH = 2000  # keys per IN (...) when preloading
 
-PLATFORMS = {"linux": [22], "unix": [22], "windows": [5985], "ldap": [389], "network": [22]}
+PLATFORMS = {"linux": [22], "unix": [22], "windows": [5986], "ldap": [636], "network": [22]}
 CHANGE_PROTOCOLS = ("ssh", "winrm", "ldap")
 KINDS = ("local", "domain", "service")
 _TRUE = {"true", "yes", "y", "1", "on"}

@@ -44,7 +44,7 @@ def test_devices_add_list_show(store):
     assert res.exit_code == 0, res.output
     with db.session(store) as s:
         dev = s.exec(select(Device).where(Device.address == "web.example.com")).one()
-        assert (dev.platform, dev.ports, dev.tenant, dev.source) == ("windows", [5985], "acme", "manual")
+        assert (dev.platform, dev.ports, dev.tenant, dev.source) == ("windows", [5986], "acme", "manual")
         assert s.exec(select(AuditLog).where(AuditLog.entity == "device")).all()
 
     res = run("devices", "add", "10.20.0.1")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,11 +21,13 @@ from pamflow.targets.base import (
     ChangeRefused,
     Endpoint,
     HostKeyChanged,
+    InvalidSetting,
     Login,
     Unreachable,
 )
 from pamflow.targets.ssh import TRANSPORT_LOG, MemoryHostKeys, SSHTarget, StoreHostKeys
 from tests.peers.sshd import SSHD
+from tests.peers.tap import Tap
 
 pytestmark = pytest.mark.usefixtures("needs_sshd")  # fails, never skips, without root/sshd
 
@@ -63,6 +67,14 @@ def sudoers_file():
     path = Path(f"/etc/sudoers.d/pamflow-ssh-target-{secrets.token_hex(3)}")
     yield path
     path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def world_writable_dir():
+    path = Path(tempfile.mkdtemp(prefix="pamflow-ssh-test-", dir="/tmp"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -131,28 +143,33 @@ def test_unknown_account_in_batch_fails_alone(sshd, device, target, admin):
         assert logs_in(sshd.port, name, pw)
 
 
-def test_batch_failing_as_a_whole_is_isolated_per_account(sshd, device, target, sudoers_file):
-    """A chpasswd that ignores the whole batch on one bad line (shadow without PAM does)."""
-    wrapper = Path(f"/usr/local/sbin/pamflow-test-chpasswd-{secrets.token_hex(3)}")
+def test_batch_failing_as_a_whole_is_isolated_per_account(sshd, device, target, tmp_path):
+    """A chpasswd that ignores the whole batch on one bad line (shadow without PAM does).
+
+    It stands in for /usr/sbin/chpasswd in a private sshd's mount namespace: the chpasswd
+    setting only accepts the real paths.
+    """
+    real = tmp_path / "chpasswd.real"
+    shutil.copy2("/usr/sbin/chpasswd", real)
+    wrapper = tmp_path / "chpasswd-whole-batch"
     wrapper.write_text(
         "#!/bin/sh\n"
         "input=$(cat)\n"
         'echo "$input" | while IFS=: read -r user rest; do\n'
         '  id "$user" >/dev/null 2>&1 || { echo "chpasswd: unknown user $user" >&2; exit 1; }\n'
         "done || { echo 'chpasswd: error detected, changes ignored' >&2; exit 1; }\n"
-        'printf "%s\\n" "$input" | /usr/sbin/chpasswd\n')
+        f'printf "%s\\n" "$input" | {real}\n')
     wrapper.chmod(0o755)
+    server = SSHD.start(bind_mounts={"/usr/sbin/chpasswd": wrapper})
     try:
         password = nasty_password(3)
-        admin_name = sshd.add_account(password)
-        sudoers_file.write_text(f"{admin_name} ALL=(root) NOPASSWD: {wrapper}\n")
-        sudoers_file.chmod(0o440)
+        admin_name = server.add_account(password, sudo_chpasswd=True)
         good = {sshd.add_account("Old-pass-1x"): nasty_password(i) for i in range(2)}
         names = list(good)
         changes = [Change(names[0], good[names[0]]), Change("pfnosuchuser", "Whatever-1x"),
                    Change(names[1], good[names[1]])]
 
-        results = target.apply(endpoint(device, sshd.port, chpasswd=str(wrapper)), changes,
+        results = target.apply(endpoint(device, server.port), changes,
                                Login(admin_name, password), timeout=10)
 
         assert [r.ok for r in results] == [True, False, True]
@@ -160,7 +177,7 @@ def test_batch_failing_as_a_whole_is_isolated_per_account(sshd, device, target, 
         for name, pw in good.items():
             assert logs_in(sshd.port, name, pw)
     finally:
-        wrapper.unlink()
+        server.stop()
 
 
 def test_self_service_change_with_passwd(sshd, device, target, caplog):
@@ -334,3 +351,45 @@ def test_default_constructor_uses_the_configured_store(store, sshd, device, admi
     assert SSHTarget().verify(endpoint(device, sshd.port), admin, 10)
     with Session(store) as s:
         assert s.exec(select(HostKey).where(HostKey.device_id == device.id)).first() is not None
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("chpasswd", "/usr/sbin/chpasswd; touch {marker}"),
+    ("chpasswd", "/usr/sbin/chpasswd$(touch {marker})"),
+    ("chpasswd", "/tmp/my-chpasswd"),
+    ("sudo", "nopasswd; touch {marker}"),
+    ("passwd", "passwd; touch {marker}"),
+    ("passwd", "/usr/bin/passwd `touch {marker}`"),
+])
+def test_settings_outside_the_known_values_are_refused_before_connecting(
+        sshd, device, target, admin, world_writable_dir, setting, value):
+    marker = world_writable_dir / "pwned"  # the accounts could write it, were the command to run
+    value = value.format(marker=marker)
+    old = nasty_password(1)
+    name = sshd.add_account(old)
+    with Tap("127.0.0.1", sshd.port) as tap:
+        ep = endpoint(device, tap.port, **{setting: value})
+        self_service = target.apply(ep, [Change(name, nasty_password(2), old)], None, timeout=10)
+        through_admin = target.apply(ep, [Change(name, "New-pass-1x")], admin, timeout=10)
+        assert not marker.exists()  # nothing ran
+        assert tap.connections == 0  # refused before connecting
+    for [result] in (through_admin, self_service):
+        assert isinstance(result.error, InvalidSetting)
+        assert result.error.step == "validate" and result.error.device == device.name
+        assert f"setting {setting} must be one of" in str(result.error)
+    assert logs_in(sshd.port, name, old)
+
+
+def test_known_alternative_paths_are_accepted(sshd, device, target, admin):
+    old = nasty_password(2)
+    name = sshd.add_account(old)
+    new = nasty_password(3)
+    [result] = target.apply(endpoint(device, sshd.port, chpasswd="/sbin/chpasswd", sudo="NOPASSWD"),
+                            [Change(name, new)], admin, timeout=10)
+    assert result.ok, result.error
+    assert logs_in(sshd.port, name, new)
+    newer = nasty_password(4)
+    [result] = target.apply(endpoint(device, sshd.port, passwd="/usr/bin/passwd"),
+                            [Change(name, newer, new)], None, timeout=10)
+    assert result.ok, result.error
+    assert logs_in(sshd.port, name, newer)

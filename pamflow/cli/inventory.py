@@ -1,5 +1,9 @@
 """CLI commands: ``devices``, ``credentials`` and ``import FILE``.
 
+``devices pin-host-key`` (and ``devices add --host-key``) records a device's SSH host key
+before the first connection, so the SSH target checks even the first one; ``devices
+host-keys`` shows the keys recorded, pinned or first seen, with their fingerprints.
+
 ``credentials add`` reads the secret from a hidden prompt (or the first line of stdin when
 stdin is not a terminal), never from the command line; ``credentials show`` prints the
 secret only with ``--show-secret``, and records that it did in the audit log.
@@ -19,7 +23,8 @@ from rich.table import Table
 console = Console()
 err = Console(stderr=True)
 
-devices_app = typer.Typer(help="Managed devices: add, list, show.", no_args_is_help=True)
+devices_app = typer.Typer(help="Managed devices: add, list, show, host keys.",
+                          no_args_is_help=True)
 credentials_app = typer.Typer(help="Credentials on devices: add, list, show.", no_args_is_help=True)
 
 
@@ -92,16 +97,19 @@ def devices_add(
     address: str = typer.Argument(..., help="IP address or host name."),
     name: str = typer.Option(None, help="Display name (default: the address)."),
     platform: str = typer.Option("linux", help="linux, unix, windows, ldap or network."),
-    ports: str = typer.Option(None, help='Ports, e.g. "22" or "5985;3389" (default by platform).'),
+    ports: str = typer.Option(None, help='Ports, e.g. "22" or "5986;3389" (default by platform).'),
     site: str = typer.Option(None),
     tenant: str = typer.Option("default"),
     change_protocol: str = typer.Option(None, help="ssh, winrm or ldap (default from platform)."),
     external_id: str = typer.Option(None),
+    host_key: str = typer.Option(None, "--host-key",
+                                 help='Pin its SSH host key now: "ssh-ed25519 AAAA..." or a '
+                                      "known_hosts line."),
 ) -> None:
     """Register a device."""
     from sqlmodel import select
 
-    from pamflow import audit, db, importer
+    from pamflow import audit, db, hostkeys, importer
     from pamflow.models import Device
 
     cells = {"address": address, "name": name or "", "platform": platform, "ports": ports or "",
@@ -110,6 +118,15 @@ def devices_add(
     row = importer.validate_row(0, cells)
     if isinstance(row, list):
         _row_errors(row)
+    pinned = None
+    if host_key is not None:  # checked before anything is written
+        try:
+            pinned = hostkeys.parse_host_key(host_key)
+        except hostkeys.HostKeyError as exc:
+            _fail(f"host_key: {exc}")
+        protocol = hostkeys.protocol_of(row.device.get("platform"), row.device.get("change_protocol"))
+        if protocol != "ssh":
+            _fail(f"host_key: the device is changed over {protocol}, not SSH")
     engine = db.store()
     with db.session(engine) as s:
         existing = s.exec(select(Device).where(Device.tenant == row.tenant,
@@ -124,9 +141,67 @@ def devices_add(
                                           Device.address == row.address)).one()
         audit.record(s, _actor(), "create", "device", dev.id,
                      {"address": dev.address, "tenant": dev.tenant, "platform": dev.platform})
+        key_row = hostkeys.pin(s, dev, pinned, actor=_actor())[0] if pinned else None
         s.commit()
     console.print(f"device {dev.id} added: {dev.name} ({dev.address}, {dev.platform}, "
                   f"ports {_fmt(dev.ports)}, tenant {dev.tenant})", highlight=False)
+    if key_row is not None:
+        console.print(f"host key pinned: port {key_row.port} {key_row.key_type} "
+                      f"{key_row.fingerprint}", highlight=False)
+
+
+@devices_app.command("pin-host-key")
+def devices_pin_host_key(
+    device: str = typer.Argument(..., help="Device id, address or name."),
+    key: str = typer.Argument(..., help='The SSH host key: "ssh-ed25519 AAAA..." (a .pub line) '
+                                        "or a known_hosts line."),
+    port: int = typer.Option(None, help="SSH port (default: a [host]:port in the line, else the "
+                                        "device's SSH port)."),
+    tenant: str = typer.Option(None, help="The device's tenant, when the address is ambiguous."),
+) -> None:
+    """Pin a device's SSH host key: the only key accepted on that port from now on.
+
+    Replaces any key recorded for the port (pinned or first seen); recorded in the audit log.
+    """
+    from pamflow import db, hostkeys
+
+    with db.session() as s:
+        dev = _find_device(s, device, tenant)
+        try:
+            row, replaced = hostkeys.pin(s, dev, key, port=port, actor=_actor())
+        except hostkeys.HostKeyError as exc:
+            _fail(f"cannot pin the host key of {dev.name}: {exc}")
+        s.commit()
+    console.print(f"pinned {row.key_type} {row.fingerprint} for device {dev.id} {dev.name} "
+                  f"({dev.address}) port {row.port}", highlight=False)
+    for old in replaced:
+        console.print(f"replaced {old}", highlight=False)
+
+
+@devices_app.command("host-keys")
+def devices_host_keys(
+    device: str = typer.Argument(..., help="Device id, address or name."),
+    tenant: str = typer.Option(None),
+) -> None:
+    """The SSH host keys recorded for a device, with their fingerprints."""
+    from pamflow import db, hostkeys
+
+    engine = db.store()
+    with db.session(engine) as s:
+        dev = _find_device(s, device, tenant)
+    keys = hostkeys.recorded_host_keys(engine, dev.id)
+    table = Table(title=f"Host keys of {dev.name} ({dev.address}): {len(keys)}",
+                  title_justify="left")
+    for col in ("port", "type", "fingerprint", "recorded", "how"):
+        table.add_column(col)
+    for r in keys:
+        table.add_row(str(r.key.port), r.key.key_type, r.key.fingerprint,
+                      _fmt(r.key.first_seen_at),
+                      f"pinned by {r.pinned_by}" if r.pinned_by else "first contact")
+    console.print(table, highlight=False)
+    if not keys:
+        console.print("no key recorded: the first SSH connection will record the key offered "
+                      "(pin one with pamflow devices pin-host-key)", highlight=False)
 
 
 @devices_app.command("list")

@@ -35,7 +35,7 @@ PLATFORM_PROTOCOLS: dict[str, str] = {
     "activedirectory": "ldap",
 }
 
-DEFAULT_PORTS = {"ssh": 22, "winrm": 5985, "ldap": 389}
+DEFAULT_PORTS = {"ssh": 22, "winrm": 5986, "ldap": 636}  # WinRM over HTTPS, LDAPS
 
 _factories: dict[str, Callable[[Any], PasswordTarget]] = {}
 _instances: dict[tuple[str, int], PasswordTarget] = {}

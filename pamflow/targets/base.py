@@ -47,6 +47,17 @@ class ChangeRefused(TargetError):
     """The target answered but did not accept the change (policy, permissions...)."""
 
 
+class InvalidSetting(ChangeRefused):
+    """A device setting is not one the target accepts; refused before connecting."""
+
+
+class TLSFailed(Unreachable):
+    """TLS with the target could not be set up (certificate not trusted or not for this host,
+    no TLS on that port): nothing was sent, and retrying will not help."""
+
+    retryable = False
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where and how to reach a device; no secrets."""

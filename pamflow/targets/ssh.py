@@ -13,8 +13,15 @@ Endpoint settings (``Device.settings``; none of them secret):
 - ``sudo``: ``"nopasswd"`` (default: ``sudo -n chpasswd``, the sudoers rule needs no
   password), ``"password"`` (sudo asks for the admin's own password; it is sent on stdin
   after sudo's prompt, never on a command line) or ``"none"`` (the admin is root).
-- ``chpasswd``: path of chpasswd on the target (default ``/usr/sbin/chpasswd``).
-- ``passwd``: path of passwd for self-service changes (default ``passwd``).
+- ``chpasswd``: path of chpasswd on the target: ``/usr/sbin/chpasswd`` (default),
+  ``/usr/bin/chpasswd`` or ``/sbin/chpasswd``.
+- ``passwd``: passwd for self-service changes: ``passwd`` (default, found on the
+  account's PATH), ``/usr/bin/passwd`` or ``/bin/passwd``.
+
+These settings become part of a remote command line, so only the values listed are
+accepted: anything else is refused at step ``validate``, before connecting, naming the
+setting (device data must not choose what runs on a target as root). The command lines are
+built from those values, shell-quoted all the same.
 
 ``apply`` with an admin opens ONE connection as the admin and feeds every change of the
 device to a single ``chpasswd`` as ``user:password`` lines on stdin. chpasswd names the
@@ -24,9 +31,12 @@ each account is changed by its own ``chpasswd`` call so a bad one cannot hide th
 Without an admin each account logs in with its current secret and runs ``passwd`` on a
 pty, answering its prompts.
 
-Host keys: the first contact with a device's port records its key (``HostKey`` table); a
-later different key raises ``HostKeyChanged`` *before* any password is sent. Only the
-recorded key types are offered in the negotiation, as OpenSSH does with known_hosts.
+Host keys: a key pinned for a device's port before the first connection
+(``pamflow.hostkeys``, ``pamflow devices pin-host-key``) is the only one accepted there;
+without one, the first contact records the key offered (``HostKey`` table, trust on first
+use). Either way a different key raises ``HostKeyChanged`` at step ``host key`` *before*
+any password is sent. Only the recorded key types are offered in the negotiation, as
+OpenSSH does with known_hosts.
 
 Errors name the device, account and step and never carry a secret: every text that comes
 back from the target is scrubbed of the secrets in play before it goes into an exception.
@@ -57,6 +67,7 @@ from .base import (
     ChangeResult,
     Endpoint,
     HostKeyChanged,
+    InvalidSetting,
     Login,
     TargetError,
     Unreachable,
@@ -75,6 +86,11 @@ INPUT_CUT = "pamflow: the input arrived incomplete; nothing was changed"
 INPUT_CUT_STATUS = 75
 # chpasswd hashes one password per line on the target: allow for it on top of the timeout
 PER_LINE_SECONDS = 0.25
+
+# the only values the device settings may take (they end up in a remote command line)
+SUDO_MODES = ("nopasswd", "password", "none")
+CHPASSWD_PATHS = ("/usr/sbin/chpasswd", "/usr/bin/chpasswd", "/sbin/chpasswd")
+PASSWD_COMMANDS = ("passwd", "/usr/bin/passwd", "/bin/passwd")
 
 # Cheap for a Python client: AEAD (no Python-side HMAC), curve25519, ed25519 first.
 _CIPHERS = ("aes128-gcm@openssh.com", "aes128-ctr", "aes256-gcm@openssh.com", "aes256-ctr")
@@ -128,16 +144,18 @@ class MemoryHostKeys:
 
 
 class StoreHostKeys:
-    """Host keys in the store's ``host_key`` table, cached in memory once seen.
+    """Host keys in the store's ``host_key`` table, cached in memory for ``max_age`` seconds.
 
     A recorded key never changes by itself; an operator who accepts a new key deletes the
-    row, and ``SSHTarget`` re-reads the table before it reports a changed key, so the
-    cache never makes a stale refusal permanent.
+    row or pins another key. A running target sees that within ``max_age`` seconds, and
+    re-reads the table at once before it reports a changed key, so the cache never makes a
+    stale refusal permanent.
     """
 
-    def __init__(self, engine=None) -> None:
+    def __init__(self, engine=None, *, max_age: float = 30.0) -> None:
         self._engine = engine
-        self._cache: dict[tuple[int, int], dict[str, str]] = {}
+        self.max_age = max_age
+        self._cache: dict[tuple[int, int], tuple[float, dict[str, str]]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -161,12 +179,13 @@ class StoreHostKeys:
     def get(self, device_id: int, port: int, *, fresh: bool = False) -> dict[str, str]:
         key = (device_id, port)
         with self._lock:
-            if not fresh and key in self._cache:
-                return dict(self._cache[key])
+            cached = self._cache.get(key)
+            if not fresh and cached and time.monotonic() - cached[0] < self.max_age:
+                return dict(cached[1])
         keys = self._load(device_id, port)
         with self._lock:
             if keys:
-                self._cache[key] = keys
+                self._cache[key] = (time.monotonic(), keys)
             else:
                 self._cache.pop(key, None)
         return dict(keys)
@@ -338,6 +357,11 @@ class SSHTarget:
         """Set every change's new secret (see the module docstring)."""
         if not changes:
             return []
+        problem = _settings(endpoint)
+        if isinstance(problem, str):
+            return [ChangeResult(c.username, InvalidSetting(
+                problem, device=endpoint.name, account=c.username, step="validate"))
+                for c in changes]
         results: dict[str, ChangeResult] = {}
         valid: list[Change] = []
         for change in changes:
@@ -365,21 +389,23 @@ class SSHTarget:
 
     # -- through the admin: sudo chpasswd
     def _chpasswd_command(self, endpoint: Endpoint, marker: str) -> tuple[str, str]:
-        """(sudo mode, remote command). The command runs chpasswd only on input whose last
-        line is ``marker``: a connection dropped while the lines were in flight would
-        otherwise hand chpasswd a last line cut short, setting a password nobody knows.
-        The lines stay in the shell and in pipes (``printf`` is a builtin): never in argv.
-        It runs under ``sh -c`` whatever the admin's login shell is."""
-        chpasswd = endpoint.settings.get("chpasswd") or "/usr/sbin/chpasswd"
-        mode = (endpoint.settings.get("sudo") or "nopasswd").lower()
+        """(sudo mode, remote command) from the checked settings (see ``check_settings``).
+
+        The command runs chpasswd only on input whose last line is ``marker``: a connection
+        dropped while the lines were in flight would otherwise hand chpasswd a last line cut
+        short, setting a password nobody knows. The lines stay in the shell and in pipes
+        (``printf`` is a builtin): never in argv. It runs under ``sh -c`` whatever the
+        admin's login shell is."""
+        mode, chpasswd, _passwd = check_settings(endpoint)
+        chpasswd = shlex.quote(chpasswd)
         run = chpasswd if mode == "none" else f"sudo -n {chpasswd}"
         script = (f'b=$(cat); if [ "$(printf %s "$b" | tail -n 1)" != "{marker}" ]; then '
                   f'echo "{INPUT_CUT}" >&2; exit {INPUT_CUT_STATUS}; fi; '
                   f'printf "%s\\n" "$b" | sed "\\$d" | {run}')
         if mode == "password":
-            script = f"sudo -S -p '{SUDO_PROMPT}' -v && echo {SUDO_OK} >&2 && {{ {script}; }}"
-        return ("none" if mode == "none" else mode if mode == "password" else "nopasswd",
-                f"sh -c {shlex.quote(script)}")
+            script = (f"sudo -S -p {shlex.quote(SUDO_PROMPT)} -v && echo {SUDO_OK} >&2 && "
+                      f"{{ {script}; }}")
+        return mode, f"sh -c {shlex.quote(script)}"
 
     def _apply_admin(self, endpoint: Endpoint, changes: list[Change], admin: Login,
                      timeout: float) -> list[ChangeResult]:
@@ -532,7 +558,7 @@ class SSHTarget:
         where = {"device": endpoint.name, "account": change.username, "step": "passwd"}
         secrets = [change.current_secret, change.new_secret]
         deadline = time.monotonic() + timeout + 5
-        passwd = endpoint.settings.get("passwd") or "passwd"
+        passwd = shlex.quote(check_settings(endpoint)[2])
         try:
             chan = transport.open_session(timeout=timeout)
             chan.get_pty(term="dumb", width=200, height=24)
@@ -591,6 +617,36 @@ class SSHTarget:
         log.info("ssh: passwd changed the password of %s on %s", change.username, endpoint.name)
 
 
+def check_settings(endpoint: Endpoint) -> tuple[str, str, str]:
+    """The device's (sudo mode, chpasswd path, passwd command), each one of the known values.
+
+    Raises ``InvalidSetting`` (step ``validate``) naming the first setting that is not.
+    """
+    checked = _settings(endpoint)
+    if isinstance(checked, str):
+        raise InvalidSetting(checked, device=endpoint.name, step="validate")
+    return checked
+
+
+def _settings(endpoint: Endpoint) -> tuple[str, str, str] | str:
+    """``check_settings``'s values, or the reason they are refused."""
+    settings = endpoint.settings or {}
+    checked = []
+    for name, default, allowed, fold in (("sudo", "nopasswd", SUDO_MODES, True),
+                                         ("chpasswd", CHPASSWD_PATHS[0], CHPASSWD_PATHS, False),
+                                         ("passwd", PASSWD_COMMANDS[0], PASSWD_COMMANDS, False)):
+        value = settings.get(name)
+        if value is None or value == "":
+            checked.append(default)
+            continue
+        text = value.strip().lower() if fold and isinstance(value, str) else value
+        if not isinstance(text, str) or text not in allowed:
+            return (f"setting {name} must be one of {', '.join(allowed)}; {str(value)[:80]!r} is "
+                    "not accepted")
+        checked.append(text)
+    return checked[0], checked[1], checked[2]
+
+
 _PROMPTS = (
     ("current", re.compile(r"(current|old)[^:\n]*password[^:\n]*:\s*$", re.I)),
     ("new", re.compile(r"(retype|again|re-?enter|repeat|confirm|verify)[^:\n]*password[^:\n]*:\s*$",
@@ -617,4 +673,5 @@ def _drain(chan: paramiko.Channel) -> tuple[bytes, bytes]:
     return out, err
 
 
-__all__ = ["MemoryHostKeys", "SSHTarget", "StoreHostKeys", "fingerprint"]
+__all__ = ["CHPASSWD_PATHS", "PASSWD_COMMANDS", "SUDO_MODES", "MemoryHostKeys", "SSHTarget",
+           "StoreHostKeys", "check_settings", "fingerprint"]

@@ -14,19 +14,39 @@ The script answers ``PAMFLOW-OK <i>`` or ``PAMFLOW-ERR <i> <reason>`` for each a
 wrong (False); a WS-Management "access denied" after authentication means the password is
 right but the account may not open a remote shell (True).
 
+Transport security. By default the target speaks HTTPS (port 5986) and validates the
+listener's certificate — chain and host name — against ``ca_certs_file`` (or the system's
+CA store); nothing is sent before the TLS handshake succeeded. Plain HTTP, where NTLM does
+not authenticate the server and Basic sends the password in cleartext, happens only when
+the device says ``scheme: http``; every such connection, and every one made with
+``server_cert_validation: ignore``, logs a WARNING naming the device. A certificate that
+fails validation, or a listener that does not speak TLS, raises ``TLSFailed``
+(``UntrustedCertificate`` for the former) at step ``connect``; retrying does not help.
+
+Account names never enter a script or a command line: the scripts are constant, and a name
+travels base64-encoded on stdin like the passwords. Names holding a character Windows
+forbids in account names (``"/\\[]:;|=,+*?<>@``, line breaks) are refused before
+anything is sent, so none can re-address the ``WinNT://`` path either; so are names with a
+domain prefix other than ``.`` or the device's own name (``CORP\\Administrator`` is a
+domain account, not the local ``Administrator``).
+
 Endpoint.settings keys (all optional):
 
-``scheme``                 ``http`` or ``https``; default ``https`` when the port is 5986,
-                           else ``http``.
-``port``                   overrides Endpoint.port; default Endpoint.port, else 5985/5986
-                           (an https device given the HTTP default 5985 uses 5986).
+``scheme``                 ``https`` (default) or ``http`` (cleartext transport: an explicit
+                           opt-in, warned on every use).
+``port``                   overrides Endpoint.port; default Endpoint.port, else 5986 / 5985.
+                           Without this setting, a device port that is the other scheme's
+                           default follows the scheme: 5985 with https uses 5986, 5986 with
+                           http 5985.
 ``path``                   the WS-Management path, default ``/wsman``.
 ``transport``              ``ntlm`` (default) or ``basic`` (or another pywinrm transport:
-                           ``kerberos``, ``credssp``, ``certificate``). Basic sends the
-                           credentials UTF-8 encoded.
-``server_cert_validation`` ``validate`` (default) or ``ignore`` (HTTPS only).
-``ca_trust_path``          a CA bundle (PEM file) trusted for the HTTPS certificate;
-                           default ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, else certifi.
+                           ``kerberos``, ``credssp``, ``certificate``, ``plaintext``,
+                           ``ssl``). Basic sends the credentials UTF-8 encoded.
+``server_cert_validation`` ``validate`` (default) or ``ignore`` (no certificate check: warned
+                           on every use).
+``ca_certs_file``          a CA bundle (PEM file) trusted for the HTTPS certificate (also
+                           spelled ``ca_trust_path``); default ``REQUESTS_CA_BUNDLE`` /
+                           ``CURL_CA_BUNDLE``, else certifi's bundle.
 ``message_encryption``     ``auto`` (default: NTLM encrypts over HTTP), ``always``, ``never``.
 ``proxy``                  a proxy URL; default none (environment proxies are ignored).
 
@@ -41,6 +61,7 @@ import base64
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterable
 
@@ -50,14 +71,18 @@ from pamflow.targets.base import (
     ChangeRefused,
     ChangeResult,
     Endpoint,
+    InvalidSetting,
     Login,
     TargetError,
+    TLSFailed,
     Unreachable,
 )
 
 log = logging.getLogger(__name__)
 
-_FORBIDDEN_NAME_CHARS = set('"/\\[]:;|=,+*?<>@\r\n')
+_FORBIDDEN_NAME_CHARS = set('"/\\[]:;|=,+*?<>@\r\n\0')
+SCHEMES = ("https", "http")
+TRANSPORTS = ("ntlm", "basic", "kerberos", "credssp", "certificate", "plaintext", "ssl")
 _STDIN_CHUNK = 48 * 1024  # bytes per WS-Management Send (envelope max is 150 KiB)
 _ACCESS_DENIED = 5
 
@@ -120,14 +145,20 @@ class _BadSetting(ValueError):
     """A WinRM setting of the device is not usable."""
 
 
+class _NotConnected(Exception):
+    """Opening the remote shell failed: nothing ran on the host (``cause`` says why)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class _Deadline(Exception):
     """The command outlived the device's deadline (its outcome is unknown)."""
 
 
-class UntrustedCertificate(Unreachable):
+class UntrustedCertificate(TLSFailed):
     """The HTTPS certificate failed validation: nothing was sent; retrying will not help."""
-
-    retryable = False
 
 
 def _b64(text: str) -> bytes:
@@ -151,6 +182,19 @@ def _local_name(username: str) -> str:
     return username.rsplit("\\", 1)[-1]
 
 
+def _name_problem(username: str, endpoint: Endpoint) -> str:
+    """Why ``username`` cannot name a local account of ``endpoint`` ('' when it can)."""
+    prefix, _, name = username.rpartition("\\")
+    if not name or set(name) & _FORBIDDEN_NAME_CHARS:
+        return "not a valid Windows account name"
+    host = endpoint.name.split(".", 1)[0].lower()
+    if "\\" in username and prefix.lower() not in (".", host, endpoint.address.lower()):
+        # CORP\Administrator is a domain account: resetting the local namesake would be wrong
+        return (f"not a local account of this device (domain {prefix!r}); this target changes "
+                "local accounts only")
+    return ""
+
+
 class WinRMTarget:
     """Local Windows accounts through WS-Management (HTTP/HTTPS, Basic/NTLM)."""
 
@@ -158,40 +202,82 @@ class WinRMTarget:
 
     # -- connection ----------------------------------------------------------------------
     @staticmethod
+    def _scheme(settings: dict) -> str:
+        scheme = str(settings.get("scheme") or "https").strip().lower()
+        if scheme not in SCHEMES:
+            raise _BadSetting(f"setting scheme must be https or http, not {settings.get('scheme')!r}")
+        return scheme
+
+    @staticmethod
     def url(endpoint: Endpoint) -> str:
         settings = endpoint.settings or {}
+        scheme = WinRMTarget._scheme(settings)
         port = int(settings.get("port") or endpoint.port or 0)
-        scheme = str(settings.get("scheme") or ("https" if port == 5986 else "http")).lower()
-        if scheme not in ("http", "https"):
-            raise _BadSetting(f"unknown WinRM scheme {scheme!r}")
-        if scheme == "https" and port == 5985 and not settings.get("port"):
-            port = 5986  # the protocol's default HTTP port came with an https device
+        if not settings.get("port"):
+            # the device's port was the other scheme's default (a platform default)
+            if scheme == "https" and port == 5985:
+                port = 5986
+            elif scheme == "http" and port == 5986:
+                port = 5985
         port = port or (5986 if scheme == "https" else 5985)
         path = "/" + str(settings.get("path") or "/wsman").lstrip("/")
         host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
         return f"{scheme}://{host}:{port}{path}"
 
+    def check_settings(self, endpoint: Endpoint) -> None:
+        """Raise ``_BadSetting`` for a setting this target does not accept."""
+        settings = endpoint.settings or {}
+        self._scheme(settings)
+        validation = str(settings.get("server_cert_validation") or "validate").lower()
+        if validation not in ("validate", "ignore"):
+            raise _BadSetting("setting server_cert_validation must be validate or ignore, not "
+                              f"{settings.get('server_cert_validation')!r}")
+        transport = str(settings.get("transport") or "ntlm").lower()
+        if transport not in TRANSPORTS:
+            raise _BadSetting(f"setting transport must be one of {', '.join(TRANSPORTS)}, not "
+                              f"{settings.get('transport')!r}")
+        encryption = str(settings.get("message_encryption") or "auto").lower()
+        if encryption not in ("auto", "always", "never"):
+            raise _BadSetting("setting message_encryption must be auto, always or never, not "
+                              f"{settings.get('message_encryption')!r}")
+
+    def _warn_insecure(self, endpoint: Endpoint, url: str, transport: str,
+                       validation: str) -> None:
+        if url.startswith("http:"):
+            what = ("the credentials travel in cleartext" if transport in ("basic", "plaintext")
+                    else "the server is not authenticated")
+            log.warning("winrm: device %s (%s): scheme is http: no TLS, %s", endpoint.name, url,
+                        what)
+        elif validation == "ignore":
+            log.warning("winrm: device %s (%s): server_cert_validation is ignore: the server's "
+                        "certificate is not checked, the server is not authenticated",
+                        endpoint.name, url)
+
     def _protocol(self, endpoint: Endpoint, login: Login, timeout: float):
         from winrm.protocol import Protocol
 
         settings = endpoint.settings or {}
+        self.check_settings(endpoint)
         operation = max(1, min(20, math.ceil(timeout)))
         read = max(operation + 1, math.ceil(timeout))
         transport = str(settings.get("transport") or "ntlm").lower()
+        validation = str(settings.get("server_cert_validation") or "validate").lower()
         username: str | bytes = login.username
         secret: str | bytes = login.secret
         if transport in ("basic", "plaintext", "ssl"):  # RFC 7617 UTF-8, not requests' latin-1
             username, secret = login.username.encode("utf-8"), login.secret.encode("utf-8")
-        ca = (settings.get("ca_trust_path") or os.environ.get("REQUESTS_CA_BUNDLE")
-              or os.environ.get("CURL_CA_BUNDLE") or None)
+        ca = (settings.get("ca_certs_file") or settings.get("ca_trust_path")
+              or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None)
+        url = self.url(endpoint)
+        self._warn_insecure(endpoint, url, transport, validation)
         return Protocol(
-            self.url(endpoint),
+            url,
             transport=transport,
             username=username,
             password=secret,
-            server_cert_validation=str(settings.get("server_cert_validation") or "validate"),
+            server_cert_validation=validation,
             ca_trust_path=ca,
-            message_encryption=str(settings.get("message_encryption") or "auto"),
+            message_encryption=str(settings.get("message_encryption") or "auto").lower(),
             read_timeout_sec=read,
             operation_timeout_sec=operation,
             proxy=settings.get("proxy") or None,
@@ -208,14 +294,22 @@ class WinRMTarget:
             WSManFaultError,
         )
 
+        if isinstance(exc, _NotConnected):
+            exc = exc.cause
         if isinstance(exc, _Deadline):
             return Unreachable, "the command did not finish within the timeout"
         if isinstance(exc, _BadSetting):
-            return TargetError, str(exc)
+            return InvalidSetting, str(exc)
         if isinstance(exc, InvalidCredentialsError):
             return AuthenticationFailed, "WinRM refused the credentials"
         if isinstance(exc, requests.exceptions.SSLError):
-            return UntrustedCertificate, "TLS handshake or certificate validation failed"
+            text = str(exc)
+            if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+                found = re.search(r"certificate verify failed: ([^(\]'\"]+)", text)
+                reason = f" ({found.group(1).strip()})" if found else ""
+                return UntrustedCertificate, f"the WinRM server's TLS certificate is not trusted{reason}"
+            return TLSFailed, (f"no TLS handshake with WinRM at {self.url(endpoint)}: does the "
+                               "listener speak HTTPS?")
         if isinstance(exc, requests.exceptions.Timeout):
             return Unreachable, "WinRM request timed out"
         if isinstance(exc, (requests.exceptions.ConnectionError, OSError)):
@@ -233,17 +327,15 @@ class WinRMTarget:
             return TargetError, f"WinRM error: {_scrub(str(exc), secrets)}"
         return TargetError, f"unexpected {type(exc).__name__}"
 
-    def _translate(self, exc: BaseException, endpoint: Endpoint, account: str, step: str,
-                   secrets: Iterable[str | None]) -> TargetError:
-        cls, message = self._classify(exc, endpoint, secrets)
-        return cls(message, device=endpoint.name, account=account, step=step)
-
     def _run(self, proto, command: str, arguments: list[str], stdin: bytes | None,
              deadline: float) -> tuple[bytes, bytes, int]:
         """Run one command in a fresh shell, feeding ``stdin``; bounded by ``deadline``."""
         from winrm.exceptions import WinRMOperationTimeoutError
 
-        shell = proto.open_shell(codepage=65001, noprofile=True)
+        try:
+            shell = proto.open_shell(codepage=65001, noprofile=True)
+        except Exception as exc:
+            raise _NotConnected(exc) from None
         command_id = None
         try:
             command_id = proto.run_command(shell, command, arguments)
@@ -292,16 +384,21 @@ class WinRMTarget:
         """Reset (admin) or change (self) each account's password; see the module doc."""
         results: dict[int, ChangeResult] = {}
         valid: list[tuple[int, Change]] = []
+        try:
+            self.check_settings(endpoint)
+        except _BadSetting as exc:
+            return [ChangeResult(c.username, InvalidSetting(
+                str(exc), device=endpoint.name, account=c.username, step="validate"))
+                for c in changes]
         for i, change in enumerate(changes):
-            name = _local_name(change.username)
-            if not name or set(name) & _FORBIDDEN_NAME_CHARS:
+            problem = _name_problem(change.username, endpoint)
+            if problem:
                 results[i] = ChangeResult(change.username, ChangeRefused(
-                    "not a valid Windows account name", device=endpoint.name,
-                    account=change.username, step="apply"))
+                    problem, device=endpoint.name, account=change.username, step="validate"))
             elif admin is None and not change.current_secret:
                 results[i] = ChangeResult(change.username, ChangeRefused(
                     "no current password for a self-service change", device=endpoint.name,
-                    account=change.username, step="apply"))
+                    account=change.username, step="validate"))
             else:
                 valid.append((i, change))
         if admin is not None and valid:
@@ -329,6 +426,8 @@ class WinRMTarget:
                  "-EncodedCommand", _encoded(RESET_SCRIPT)], stdin, deadline)
         except Exception as exc:
             cls, message = self._classify(exc, endpoint, secrets)
+            if isinstance(exc, _NotConnected) and issubclass(cls, Unreachable):
+                step = "connect"  # no shell, no command: nothing ran
             if issubclass(cls, (Unreachable, AuthenticationFailed)):
                 raise cls(message, device=endpoint.name, account=admin.username,
                           step=step) from None
@@ -354,8 +453,11 @@ class WinRMTarget:
                 ["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass",
                  "-EncodedCommand", _encoded(CHANGE_SCRIPT)], stdin, time.monotonic() + timeout)
         except Exception as exc:
-            return ChangeResult(change.username, self._translate(
-                exc, endpoint, change.username, "apply as the account", secrets))
+            cls, message = self._classify(exc, endpoint, secrets)
+            step = ("connect" if isinstance(exc, _NotConnected) and issubclass(cls, Unreachable)
+                    else "apply as the account")
+            return ChangeResult(change.username, cls(message, device=endpoint.name,
+                                                     account=change.username, step=step))
         outcomes = self._outcomes(stdout, 1)
         return ChangeResult(change.username, self._outcome_error(
             outcomes, 0, bool(outcomes), stderr, code, endpoint, change, secrets))
@@ -387,13 +489,13 @@ class WinRMTarget:
             proto = self._protocol(endpoint, login, timeout)
             self._run(proto, "whoami", [], None, time.monotonic() + timeout)
             return True
-        except InvalidCredentialsError:
-            return False
-        except WSManFaultError as exc:
-            if exc.wsman_fault_code == _ACCESS_DENIED:  # authenticated, not allowed a shell
-                return True
-            raise self._translate(exc, endpoint, login.username, "verify",
-                                  [login.secret]) from None
         except Exception as exc:
-            raise self._translate(exc, endpoint, login.username, "verify",
-                                  [login.secret]) from None
+            cause = exc.cause if isinstance(exc, _NotConnected) else exc
+            if isinstance(cause, InvalidCredentialsError):
+                return False
+            if isinstance(cause, WSManFaultError) and cause.wsman_fault_code == _ACCESS_DENIED:
+                return True  # authenticated, not allowed a shell
+            cls, message = self._classify(exc, endpoint, [login.secret])
+            step = ("validate" if isinstance(exc, _BadSetting) else "connect"
+                    if isinstance(exc, _NotConnected) and issubclass(cls, Unreachable) else "verify")
+            raise cls(message, device=endpoint.name, account=login.username, step=step) from None

@@ -2,12 +2,17 @@
 
 Plain code (no pytest) so benchmarks can start the same server as the tests.
 Needs root and Debian's openssh-server and sudo.
+
+``SSHD.start(bind_mounts={"/usr/sbin/chpasswd": wrapper})`` runs sshd in a private mount
+namespace (``unshare --mount``) where those files are replaced: its sessions — and sudo in
+them — see the replacement, the rest of the machine does not.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -47,9 +52,21 @@ class SSHD:
     proc: subprocess.Popen
     accounts: list[str] = field(default_factory=list)
     host_key_pub: str = ""
+    command: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def _command(config: Path, bind_mounts: dict[str, str | Path] | None) -> list[str]:
+        sshd = [str(SSHD_BIN), "-D", "-e", "-f", str(config)]
+        if not bind_mounts:
+            return sshd
+        mounts = " && ".join(f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}"
+                             for dst, src in bind_mounts.items())
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f"{mounts} && exec {shlex.join(sshd)}"]
 
     @classmethod
-    def start(cls, max_startups: int = 400) -> SSHD:
+    def start(cls, max_startups: int = 400,
+              bind_mounts: dict[str, str | Path] | None = None) -> SSHD:
         missing = sshd_missing()
         if missing:
             raise RuntimeError(f"{missing}: {FIX}")
@@ -79,12 +96,13 @@ PrintLastLog no
 Subsystem sftp internal-sftp
 """
         )
+        command = cls._command(config, bind_mounts)
         proc = subprocess.Popen(
-            [str(SSHD_BIN), "-D", "-e", "-f", str(config)],
+            command,
             stdout=open(workdir / "sshd.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
-        server = cls(port=port, workdir=workdir, proc=proc,
+        server = cls(port=port, workdir=workdir, proc=proc, command=command,
                      host_key_pub=(workdir / "ssh_host_ed25519_key.pub").read_text().strip())
         _wait_banner(port)
         return server
@@ -126,11 +144,16 @@ Subsystem sftp internal-sftp
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         self.host_key_pub = Path(str(key) + ".pub").read_text().strip()
         self.proc = subprocess.Popen(
-            [str(SSHD_BIN), "-D", "-e", "-f", str(self.workdir / "sshd_config")],
+            self.command or self._command(self.workdir / "sshd_config", None),
             stdout=open(self.workdir / "sshd.log", "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
         _wait_banner(self.port)
+
+    @property
+    def log(self) -> str:
+        """What sshd has logged so far (authentication attempts, errors)."""
+        return (self.workdir / "sshd.log").read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

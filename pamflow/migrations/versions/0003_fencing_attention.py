@@ -1,14 +1,14 @@
 """lease fencing token on operations; attention flag on credentials
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002g
 """
 import sqlalchemy as sa
 import sqlmodel  # noqa: F401
 from alembic import op
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002g"
 branch_labels = None
 depends_on = None
 
