@@ -223,9 +223,19 @@ def _outcome_unknown(exc: BaseException) -> bool:
     return not isinstance(exc, TargetError)  # a bug mid-apply: assume the worst
 
 
+# the ports each change protocol listens on, preferred first
+PROTOCOL_PORTS = {"ssh": (22,), "winrm": (5986, 5985), "ldap": (636, 389)}
+
+
 def _endpoint(device: Device, protocol: str) -> Endpoint:
+    """Where to reach ``device`` for ``protocol``: the ``port`` setting, else the device's
+    port that protocol usually listens on (a Windows device probed on 5985 and 3389 is
+    changed over 5985, not RDP), else its first port, else the protocol's default."""
     settings = dict(device.settings or {})
-    port = settings.get("port") or (device.ports[0] if device.ports else DEFAULT_PORTS.get(protocol, 0))
+    ports = list(device.ports or [])
+    usual = [p for p in PROTOCOL_PORTS.get(protocol, ()) if p in ports]
+    port = settings.get("port") or (usual[0] if usual else ports[0] if ports
+                                    else DEFAULT_PORTS.get(protocol, 0))
     return Endpoint(device_id=device.id, name=device.name, address=device.address, port=int(port),
                     settings=settings)
 
