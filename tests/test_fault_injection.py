@@ -277,7 +277,7 @@ def test_timeout_on_a_silent_host(store, sshd, monkeypatch):
     [op] = operations(store)
     # the silent host is named, with the step (the admin's connection) and the 1.5 s limit
     assert dev.name in op.error and cred.username in op.error
-    assert "step admin login" in op.error and "within 1.5s" in op.error
+    assert "step admin login" in op.error and "timed out" in op.error and "within 1.5s" in op.error
     assert op.result == {"outcome_unknown": False, "failed_step": "admin login"}
     assert op.retryable and op.step == "pending_stored"  # the write-ahead was stored, then voided
     rec = recorded(store, cred.id)

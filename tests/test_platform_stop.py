@@ -61,10 +61,11 @@ def test_sigterm_stops_up_and_its_running_flow_runs(tmp_path):
             time.sleep(1)
         assert "pamflow is up" in log.read_text(), log.read_text()[-3000:]
         # start an executor instance now (its cron would start one within 5 minutes)
+        auth = (home / platform.AUTH_FILE).read_text().strip()
         run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run",
                               "operation-executor/operation-executor"],
-                             env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True,
-                             timeout=120)
+                             env={**env, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": auth},
+                             capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

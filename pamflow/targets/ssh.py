@@ -276,6 +276,9 @@ class SSHTarget:
                     f"SSH host key of {addr} changed: the server no longer offers the recorded "
                     f"{'/'.join(sorted(recorded))} key; nothing was sent",
                     **{**where, "step": "host key"}) from None
+            if "protocol banner" in text or "no SSH negotiation" in text:
+                # paramiko words a silent server either way, depending on where it waited
+                text = f"timed out: no SSH banner or negotiation within {timeout:g}s"
             raise Unreachable(f"SSH negotiation with {addr} failed: {text}", **where) from None
         try:
             self._check_host_key(endpoint, transport.get_remote_server_key(), recorded, where)
