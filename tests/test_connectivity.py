@@ -11,8 +11,8 @@ import pytest
 from sqlmodel import Session, select
 
 from pamflow import connectivity
-from pamflow.connectivity import Target, check_devices, probe
-from pamflow.models import AuditLog, Credential, Device, Notification
+from pamflow.connectivity import Target, check_devices, probe, prober
+from pamflow.models import AuditLog, Credential, Device, Notification, utcnow
 from pamflow.vault import vault
 
 
@@ -95,7 +95,7 @@ FAST = {"connect_timeout": 2.0, "banner_timeout": 3.0}
 @pytest.fixture(params=["epoll", "coroutines"])
 def engine_kind(request, monkeypatch):
     """Both probe engines: the epoll pump (Linux) and the portable coroutine per endpoint."""
-    monkeypatch.setattr(connectivity, "USE_EPOLL", request.param == "epoll")
+    monkeypatch.setattr(prober, "USE_EPOLL", request.param == "epoll")
     return request.param
 
 
@@ -348,7 +348,7 @@ def test_a_local_failure_is_not_recorded_as_lost(store, ports):
     (target,), _ = connectivity.load_targets(store)
     local = connectivity.verdict(
         target, [connectivity.PortResult(open_port, connectivity.LOCAL, "local socket: Too many open files")],
-        connectivity.utcnow())
+        utcnow())
     report = connectivity.record_results(store, [local])
     assert local.inconclusive and report.inconclusive == 1 and report.tested == 0
     after = device(store, dev)

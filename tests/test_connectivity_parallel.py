@@ -7,8 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pamflow import connectivity
-from pamflow.connectivity import Target, probe
+from pamflow.connectivity import Target, probe, prober
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def ports():
 
 def test_forked_probe_matches_in_order_under_concurrent_threads(ports, monkeypatch):
     open_ports, closed_ports = ports
-    monkeypatch.setattr(connectivity, "PARALLEL_MIN_ENDPOINTS", 10)
+    monkeypatch.setattr(prober, "PARALLEL_MIN_ENDPOINTS", 10)
     # device i: reachable exactly when i % 3 == 0 (one open port among closed ones)
     targets = []
     for i in range(300):

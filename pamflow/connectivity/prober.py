@@ -1,47 +1,12 @@
-"""Connectivity test (seed: "Test all devices registered connections"): the domain, no Prefect.
+"""The prober: TCP connects to many endpoints at once, SSH banners read, no store.
 
 ``probe(targets)`` opens a TCP connection to every configured port of every target
-concurrently (asyncio, raw non-blocking sockets, a per-endpoint timeout, bounded
-concurrency) and reads the SSH banner where the port is SSH. ``check_devices(engine,
-first_id, last_id)`` does one batch end to end: load the devices, probe them, write the
-results to the store and queue the notifications.
-
-The rules (what a PAM engineer expects):
-
-- **Which devices.** Active devices with at least one configured port (``Device.ports``).
-  Inactive devices are neither probed nor written. A device with no port has no registered
-  connection to test: it is counted as "no ports" in the run's report and its row is left
-  as it is. Malformed port entries (not an integer in 1..65535) are ignored and named in
-  the device's ``connectivity_detail``; they lose nothing else.
-- **A port answers** when a TCP connection to ``address:port`` completes within
-  ``connect_timeout``. Refused, timed out, network unreachable, a name that does not
-  resolve: the port does not answer, and the reason is recorded.
-- **SSH ports** are port 22 and the ports named by the device's settings ``ssh_port`` (an
-  integer or a list). Their banner (the ``SSH-`` line, RFC 4253 4.2) is read within
-  ``banner_timeout`` and recorded in ``connectivity_detail``. Any other port that has
-  already sent ``SSH-`` when the connection completes is recorded the same way (a free,
-  non-blocking look; the prober never waits on a non-SSH port). An SSH port that accepts
-  and closes without a banner, or stays silent, still *answers* (the host and its TCP
-  stack are there; sshd does this when it is at ``MaxStartups``); the detail says so.
-- **Reachable** when ANY configured port answers (the default: the device is on the
-  network and the platform can reach it through at least one of its registered
-  connections; ports that did not answer are named in the detail). A device whose settings
-  say ``connectivity_rule: "all"`` is reachable only when every configured port answers.
-- **State changes.** reachable -> unreachable queues "Lost of connectivity"; unreachable ->
-  reachable queues "Connectivity restored"; each also writes an audit row
-  (``connectivity.lost`` / ``connectivity.restored``). Both are in the same transaction as
-  the state change, and the change is a conditional UPDATE (``WHERE connectivity = old``),
-  so two overlapping runs never notify the same change twice. The first check of a device
-  (``unknown`` -> either) sets the state silently: there was nothing to lose or restore
-  (the unreachable ones are in the run's table of unreachable devices). A device in
-  maintenance mode is probed and recorded, and its changes are audited, but no
-  notification is queued (downtime is expected).
-- **Local failures** (this machine ran out of file descriptors, say) say nothing about
-  the device: such a device is "inconclusive", counted in the report and not written.
-- **What is written.** Every probed device gets ``connectivity``, ``connectivity_detail``
-  and ``last_checked_at``; ``last_seen_at`` only when reachable; ``updated_at`` only on a
-  state change. Unchanged devices are written with one executemany UPDATE per batch.
+concurrently (one epoll loop on Linux, asyncio elsewhere; raw non-blocking sockets, a
+per-endpoint timeout, bounded concurrency) and reads the SSH banner where the port is SSH.
+Large runs fork one process per core. What a port's outcome means for its device
+(``verdict``) and the rules of the test are in ``pamflow.connectivity`` and ``.rules``.
 """
+
 
 from __future__ import annotations
 
@@ -57,22 +22,14 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from ..models import Connectivity, utcnow
 
-from . import audit, notifications
-from .models import Connectivity, Device, utcnow
-
-ACTOR = "robot:connectivity-test"
 SSH_PORT = 22
 DETAIL_MAX = 1000
 BANNER_MAX = 255
-LOST = "Lost of connectivity"
-RESTORED = "Connectivity restored"
 
 # a socket created non-blocking in one call where the platform can (Linux)
 _STREAM_NONBLOCK = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
@@ -161,24 +118,6 @@ class DeviceResult:
             parts.append("ignored invalid port(s): " + ", ".join(self.target.invalid_ports))
         text = "; ".join(parts)
         return text if len(text) <= DETAIL_MAX else text[: DETAIL_MAX - 3] + "..."
-
-
-@dataclass
-class BatchReport:
-    """What one batch did; small and free of secrets (it becomes a Prefect task result)."""
-
-    devices: int = 0  # active devices in the batch
-    tested: int = 0
-    reachable: int = 0
-    unreachable: int = 0
-    no_ports: int = 0
-    inconclusive: int = 0  # not recorded: a local failure, not the device's (see LOCAL)
-    lost: list[str] = field(default_factory=list)  # device names
-    restored: list[str] = field(default_factory=list)
-    unreachable_devices: list[dict] = field(default_factory=list)  # name, address, ports, reason
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------
@@ -645,203 +584,3 @@ def _probe_here(targets: Sequence[Target], options: dict) -> list[DeviceResult]:
 
 # ---------------------------------------------------------------------------------------
 # devices from the store, results to the store
-
-
-def _port_list(raw: object) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """Valid ports (deduplicated, in order) and the entries that are not ports."""
-    items = raw if isinstance(raw, list | tuple) else ([] if raw in (None, "") else [raw])
-    ports: list[int] = []
-    invalid: list[str] = []
-    for item in items:
-        try:
-            if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
-                raise ValueError
-            port = int(str(item).strip()) if isinstance(item, str) else int(item)
-        except (TypeError, ValueError):
-            invalid.append(str(item)[:20])
-            continue
-        if not 1 <= port <= 65535:
-            invalid.append(str(item)[:20])
-        elif port not in ports:
-            ports.append(port)
-    return tuple(ports), tuple(invalid)
-
-
-def target_of(device_id: int | None, name: str, address: str, ports: object,
-              settings: dict | None = None) -> Target:
-    """The ``Target`` for a device row's values (ports and settings as stored)."""
-    settings = settings if isinstance(settings, dict) else {}
-    valid, invalid = _port_list(ports)
-    ssh_ports = {SSH_PORT}
-    ssh_setting = settings.get("ssh_port", settings.get("ssh_ports"))
-    if ssh_setting is not None:
-        ssh_ports.update(_port_list(ssh_setting)[0])
-    rule = "all" if str(settings.get("connectivity_rule", "any")).lower() == "all" else "any"
-    return Target(device_id, name, (address or "").strip(), valid, frozenset(ssh_ports), rule, invalid)
-
-
-def plan_batches(engine: Engine, batch_size: int = 1000) -> list[tuple[int, int]]:
-    """Active devices split into ``(first_id, last_id)`` ranges of ``batch_size`` devices."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    with Session(engine) as db:
-        ids = db.exec(select(Device.id).where(Device.active).order_by(Device.id)).all()
-    return [(ids[i], ids[min(i + batch_size, len(ids)) - 1]) for i in range(0, len(ids), batch_size)]
-
-
-def load_targets(engine: Engine, first_id: int | None = None, last_id: int | None = None
-                 ) -> tuple[list[Target], int]:
-    """Active devices with ports in ``[first_id, last_id]``, and how many have none."""
-    t = Device.__table__.c
-    query = sa.select(t.id, t.name, t.address, t.ports, t.settings).where(t.active.is_(True))
-    if first_id is not None:
-        query = query.where(t.id >= first_id)
-    if last_id is not None:
-        query = query.where(t.id <= last_id)
-    targets: list[Target] = []
-    no_ports = 0
-    with engine.connect() as conn:
-        for row in conn.execute(query.order_by(t.id)):
-            target = target_of(row.id, row.name, row.address, row.ports, row.settings)
-            if target.ports:
-                targets.append(target)
-            elif target.invalid_ports:  # only malformed entries: tested, and unreachable
-                targets.append(target)
-            else:
-                no_ports += 1
-    return targets, no_ports
-
-
-def _notify(db: Session, kind: str, device: dict, result: DeviceResult, maintenance: bool) -> None:
-    target = result.target
-    ports = ", ".join(str(p) for p in target.ports) or "none"
-    if kind == LOST:
-        subject = f"Lost of connectivity: {target.name} ({target.address})"
-        body = (f"Device {target.name} ({target.address}) no longer answers on its configured "
-                f"ports ({ports}): {result.reason}. Checked at {result.checked_at.isoformat()}.")
-        action = "connectivity.lost"
-    else:
-        subject = f"Connectivity restored: {target.name} ({target.address})"
-        body = (f"Device {target.name} ({target.address}) answers again on its configured ports "
-                f"({ports}): {result.detail()}. Checked at {result.checked_at.isoformat()}.")
-        action = "connectivity.restored"
-    context = {
-        "device_id": target.device_id,
-        "device": target.name,
-        "address": target.address,
-        "ports": list(target.ports),
-        "reason": result.reason,
-        "detail": result.detail(),
-        "checked_at": result.checked_at.isoformat(),
-        "previous": device["connectivity"],
-    }
-    if not maintenance:
-        notifications.queue(db, kind, subject, body, context)
-    audit.record(db, ACTOR, action, "device", target.device_id,
-                 {"from": device["connectivity"], "to": result.connectivity,
-                  "reason": result.reason, "ports": list(target.ports),
-                  "notified": not maintenance})
-
-
-def record_results(engine: Engine, results: Sequence[DeviceResult]) -> BatchReport:
-    """Write a batch's results in one transaction; queue notifications for state changes."""
-    report = BatchReport()
-    if not results:
-        return report
-    t = Device.__table__.c
-    table = Device.__table__
-    ids = [r.target.device_id for r in results]
-    plain_seen: list[dict] = []
-    plain_unseen: list[dict] = []
-    changes: list[tuple[DeviceResult, dict]] = []
-    with Session(engine) as db:
-        current = {
-            row.id: row._asdict()
-            for row in db.execute(
-                sa.select(t.id, t.connectivity, t.maintenance_mode, t.active).where(t.id.in_(ids)))
-        }
-        for result in results:
-            device = current.get(result.target.device_id)
-            if device is None or not device["active"]:  # deleted or deactivated meanwhile
-                continue
-            if result.inconclusive:
-                continue
-            old, new = device["connectivity"], result.connectivity
-            if old != new and old in (Connectivity.reachable, Connectivity.unreachable):
-                changes.append((result, device))
-                continue
-            values = {"_id": result.target.device_id, "_state": new, "_detail": result.detail(),
-                      "_checked": result.checked_at}
-            if old != new:  # first check: silent
-                values["_updated"] = result.checked_at
-            (plain_seen if result.reachable else plain_unseen).append(values)
-        by_id = sa.bindparam("_id")
-        base = {"connectivity": sa.bindparam("_state"), "connectivity_detail": sa.bindparam("_detail"),
-                "last_checked_at": sa.bindparam("_checked")}
-        for rows, seen in ((plain_seen, True), (plain_unseen, False)):
-            for with_updated in (True, False):
-                group = [r for r in rows if ("_updated" in r) == with_updated]
-                if not group:
-                    continue
-                values = dict(base)
-                if seen:
-                    values["last_seen_at"] = sa.bindparam("_checked")
-                if with_updated:
-                    values["updated_at"] = sa.bindparam("_updated")
-                db.execute(sa.update(table).where(t.id == by_id).values(**values), group)
-        for result, device in changes:
-            values = {"connectivity": result.connectivity, "connectivity_detail": result.detail(),
-                      "last_checked_at": result.checked_at, "updated_at": result.checked_at}
-            if result.reachable:
-                values["last_seen_at"] = result.checked_at
-            done = db.execute(
-                sa.update(table)
-                .where(t.id == result.target.device_id, t.connectivity == device["connectivity"])
-                .values(**values)
-            )
-            if done.rowcount != 1:  # another run recorded this change first: it notified
-                continue
-            if result.reachable:
-                _notify(db, RESTORED, device, result, device["maintenance_mode"])
-                report.restored.append(result.target.name)
-            else:
-                _notify(db, LOST, device, result, device["maintenance_mode"])
-                report.lost.append(result.target.name)
-        db.commit()
-    for result in results:
-        if result.inconclusive:
-            report.inconclusive += 1
-            continue
-        report.tested += 1
-        if result.reachable:
-            report.reachable += 1
-        else:
-            report.unreachable += 1
-            report.unreachable_devices.append(unreachable_row(result))
-    return report
-
-
-def unreachable_row(result: DeviceResult) -> dict:
-    """A row of the unreachable-devices table (name, address, ports, reason)."""
-    target = result.target
-    return {
-        "name": target.name,
-        "address": target.address,
-        "ports": ", ".join(str(p) for p in target.ports) or "-",
-        "reason": (result.reason or "")[:300],
-    }
-
-
-def check_devices(engine: Engine, first_id: int | None = None, last_id: int | None = None,
-                  **options) -> BatchReport:
-    """One batch end to end: load the active devices in the id range, probe them, record.
-
-    Large batches are probed by one process per core (``processes``, default: every core).
-    """
-    targets, no_ports = load_targets(engine, first_id, last_id)
-    options.setdefault("processes", os.cpu_count() or 1)
-    results = probe(targets, **options) if targets else []
-    report = record_results(engine, results)
-    report.no_ports = no_ports
-    report.devices = len(targets) + no_ports
-    return report
