@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pamflow import db
 from pamflow.cli import app
 from pamflow.models import AuditLog, Credential, Device
-from pamflow.vault import vault
+from pamflow.vault import credential_aad, vault
 
 runner = CliRunner()
 
@@ -76,7 +76,8 @@ def test_credentials_add_list_show_hides_the_secret(store):
     assert "Sup3r-S3cret!" not in res.output
     with db.session(store) as s:
         cred = s.exec(select(Credential)).one()
-        assert vault().decrypt(cred.secret) == "Sup3r-S3cret!"
+        assert vault().decrypt(cred.secret, credential_aad(cred.id, cred.device_id, "secret")) == \
+            "Sup3r-S3cret!"
         assert (cred.kind, cred.change_interval_days, cred.secret_version) == ("service", 30, 1)
 
     # never from the command line
