@@ -1181,45 +1181,57 @@ def _credential_plan(r: ImportRow, stored: Any, box: Vault, now: datetime
     return values, candidate, None
 
 
-def _new_credential(r: ImportRow) -> tuple[dict, tuple]:
-    """A new credential's varying columns (``device_id`` added later), and its group key.
+def _new_credential(r: ImportRow) -> tuple[tuple, tuple]:
+    """A new credential's varying columns after ``device_id``, and its group key.
 
     The group key (secret given, change interval) decides the columns that are the same for
     a whole group (``secret_version``, ``last_changed_at``, ``expires_at``): they are
     inlined in the INSERT. The secret itself is sealed once the row has its id.
     """
     interval = r.credential.get("change_interval_days")
-    values = {"username": r.username, "kind": r.credential.get("kind", "local"),
-              "policy": r.credential.get("policy", "default"), "change_interval_days": interval,
-              "auto_change": r.credential.get("auto_change", True)}
+    values = (r.username, r.credential.get("kind", "local"), r.credential.get("policy", "default"),
+              interval, r.credential.get("auto_change", True))
     has_secret = r.secret is not None
     return values, (has_secret, interval if has_secret else None)
 
 
-def _insert_credentials(conn: Connection, groups: dict[tuple, list[tuple[dict, Secret | None]]],
+_CREDENTIAL_INSERT = ("device_id", "username", "kind", "policy", "change_interval_days", "auto_change")
+_ROWS_PER_INSERT = 500  # multi-row VALUES per statement (6 parameters a row)
+
+
+def _insert_credentials(conn: Connection, groups: dict[tuple, list[tuple[tuple, Secret | None]]],
                         now: datetime, box: Vault) -> None:
-    """Insert new credentials (RETURNING their ids), then seal each secret to its row."""
-    c = _CREDENTIAL.c
-    now_sql = _now_sql(conn, now)
+    """Insert new credentials, then seal each secret to its row's id and update it.
+
+    Plain DBAPI multi-row ``INSERT ... RETURNING`` (no per-row typing by SQLAlchemy), the
+    columns that are the same for a group inlined; then one ``executemany`` UPDATE of the
+    sealed secrets (a secret is bound to its credential's id, known only after the insert).
+    """
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    columns = ", ".join(_CREDENTIAL_INSERT)
+    row_marks = "(" + ", ".join(mark for _ in _CREDENTIAL_INSERT) + ", {constants})"
+    now_text = _sql_time(conn, now)
     sealed: list[tuple[str, int]] = []
     for (has_secret, interval), items in groups.items():
-        expires = (_now_sql(conn, now + timedelta(days=interval)) if has_secret and interval
-                   else sa.null())
-        stmt = _CREDENTIAL.insert().values(
-            status=sa.literal_column("'ok'"), secret_version=sa.literal_column("1" if has_secret else "0"),
-            last_changed_at=now_sql if has_secret else sa.null(), expires_at=expires,
-            created_at=now_sql, updated_at=now_sql,
-        ).returning(c.id, c.device_id, c.username)  # mapped by key: any order will do
-        records = conn.execute(stmt, [values for values, _secret in items])
-        if not has_secret:
-            continue
-        secrets_by_key = {(values["device_id"], values["username"]): secret for values, secret in items}
-        for rec in records:
-            secret = secrets_by_key[(rec.device_id, rec.username)]
-            sealed.append((box.encrypt(secret.reveal(), credential_aad(rec.id, rec.device_id, "secret")),
-                           rec.id))
+        changed = now_text if has_secret else "NULL"
+        expires = _sql_time(conn, now + timedelta(days=interval)) if has_secret and interval else "NULL"
+        constants = (f"{1 if has_secret else 0}, 'ok', {changed}, {expires}, {now_text}, "
+                     f"{now_text}")
+        one = row_marks.format(constants=constants)
+        for batch in _batched(items, _ROWS_PER_INSERT):
+            params = [v for values, _secret in batch for v in values]
+            records = conn.exec_driver_sql(
+                f"INSERT INTO credential ({columns}, secret_version, status, last_changed_at, "
+                f"expires_at, created_at, updated_at) VALUES {', '.join([one] * len(batch))} "
+                "RETURNING id, device_id, username", tuple(params)).all()
+            if not has_secret:
+                continue
+            secrets_by_key = {(values[0], values[1]): secret for values, secret in batch}
+            for cid, device_id, username in records:
+                secret = secrets_by_key[(device_id, username)]
+                sealed.append((box.encrypt(secret.reveal(), credential_aad(cid, device_id, "secret")),
+                               cid))
     if sealed:
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         conn.exec_driver_sql(f"UPDATE credential SET secret = {mark} WHERE id = {mark}", sealed)
 
 
@@ -1230,7 +1242,7 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
     devices, credentials = _preload(conn, rows)
     new_devices: dict[tuple[str, str], dict] = {}
     device_updates: dict[int, dict] = {}
-    new_credentials: list[tuple[tuple[str, str] | int, dict, tuple, Secret | None]] = []
+    new_credentials: list[tuple[tuple[str, str] | int, tuple, tuple, Secret | None]] = []
     credential_updates: list[dict] = []
     for r in rows:
         key = r.device_key
@@ -1289,10 +1301,10 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
     if device_updates:
         _update_grouped(conn, _DEVICE, device_updates.values())
     if new_credentials:
-        groups: dict[tuple, list[tuple[dict, Secret | None]]] = {}
+        groups: dict[tuple, list[tuple[tuple, Secret | None]]] = {}
         for owner, values, group, secret in new_credentials:
-            values["device_id"] = owner if isinstance(owner, int) else ids[owner]
-            groups.setdefault(group, []).append((values, secret))
+            device_id = owner if isinstance(owner, int) else ids[owner]
+            groups.setdefault(group, []).append(((device_id, *values), secret))
         _insert_credentials(conn, groups, now, box)
     if credential_updates:
         _expiry_from_last_change(conn, credential_updates, now)
