@@ -36,7 +36,9 @@ def operation_executor(lifetime_s: float = 3600.0, poll_s: float = 1.0, batch_si
     operations per claim, ``workers`` concurrent target connections.
     """
     from pamflow.executor import new_owner
+    from pamflow.vault import vault
 
+    vault()  # a store sealed with another key fails this instance now, not at its first batch
     owner = new_owner("executor-service")
     deadline = time.monotonic() + lifetime_s
     totals = {"owner": owner, "bursts": 0, "batches": 0, "claimed": 0, "succeeded": 0,

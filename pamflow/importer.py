@@ -1450,10 +1450,11 @@ def record_failed_import(path: str | Path, reason: str, engine: Engine | None = 
     """Audit and notify an import whose file was refused as a whole (nothing was written)."""
     from . import audit, db, notifications
 
-    name = Path(os.fspath(path).replace("\x00", "")).name[:200] or "(no name)"
+    shown = os.fspath(path).replace("\x00", "\\x00")[:4096]  # no NUL into text columns
+    name = Path(shown).name[:200] or "(no name)"
     with db.session(engine) as s:
         audit.record(s, actor, "import_failed", "import_file", name,
-                     {"path": os.fspath(path)[:4096], "tenant": tenant, "reason": reason})
+                     {"path": shown, "tenant": tenant, "reason": reason})
         notifications.queue(s, "Batch import finished", f"Batch import failed: {name}",
                             f"Import of {name} failed, nothing was imported: {reason}",
                             {"file": name, "failed": True, "tenant": tenant})

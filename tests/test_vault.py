@@ -242,6 +242,10 @@ def test_executor_gateway_and_cli_fail_fast_on_a_store_sealed_with_another_key(s
     message = "sealed with key id right; this host has wrong"
     with pytest.raises(VaultError, match=message):
         drain(store)
+    from pamflow.executor import serve
+
+    with pytest.raises(VaultError, match=message):
+        serve(lifetime_s=60, engine=store)  # at once, not when work arrives
     with Session(store) as s:  # nothing was claimed
         assert [o.state for o in s.exec(select(Operation))] == ["queued"]
 
@@ -281,7 +285,9 @@ def test_a_ciphertext_copied_onto_another_credential_is_never_sent(store):
 
 
 # ----------------------------------------------------------------------------- status / rekey
-def test_status_and_rekey_move_every_ciphertext_to_the_active_key(store, fresh_vault):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_status_and_rekey_move_every_ciphertext_to_the_active_key(backend, request, fresh_vault):
+    store = request.getfixturevalue(backend)
     old = Keyring.from_env_value(f"old:{_b64(_key())}")
     fresh_vault.setenv("PAMFLOW_MASTER_KEY", f"old:{_b64(old.keys['old'])}")
     box_old = Vault(old)
@@ -344,6 +350,37 @@ def test_rekey_changes_nothing_when_a_ciphertext_cannot_be_decrypted(store, fres
     found = status(store, both)
     assert found.undecryptable_total == 1 and found.undecryptable[0].row_id == lost
     assert good != lost
+
+
+def test_vault_cli_status_and_rekey(store, fresh_vault):
+    from typer.testing import CliRunner
+
+    from pamflow.cli import app
+
+    key = f"k1:{_b64(_key())}"
+    fresh_vault.setenv("PAMFLOW_MASTER_KEY", key)
+    box = Vault(Keyring.from_env_value(key))
+    ids = [_add_credential(store, box, f"pw-{i}", f"10.9.2.{i}") for i in range(3)]
+    runner = CliRunner()
+    env = {"COLUMNS": "200"}
+    res = runner.invoke(app, ["vault", "status"], env=env)
+    assert res.exit_code == 0, res.output
+    assert "key ids on this host: k1 (active)" in res.output and "undecryptable: none" in res.output
+    assert "credential.secret" in res.output and "pw-" not in res.output
+    reset_vault()
+    fresh_vault.setenv("PAMFLOW_MASTER_KEY", f"k2:{_b64(_key())},{key}")
+    res = runner.invoke(app, ["vault", "rekey"], env=env)
+    assert res.exit_code == 0 and "Re-encrypted under key id k2" in res.output, res.output
+    with Session(store) as s:
+        assert {Vault.key_id_of(c.secret) for c in s.exec(select(Credential))} == {"k2"}
+        bad = s.get(Credential, ids[1])
+        bad.secret = bad.secret[:-4] + ("AAAA" if not bad.secret.endswith("AAAA") else "BBBB")
+        s.add(bad)
+        s.commit()
+    res = runner.invoke(app, ["vault", "status"], env=env)
+    assert res.exit_code == 1 and f"cannot decrypt credential.secret id {ids[1]}" in res.output
+    res = runner.invoke(app, ["vault", "rekey"], env=env)
+    assert res.exit_code == 1 and "nothing was re-encrypted" in res.output
 
 
 # ----------------------------------------------------------------------------- migration 0002
