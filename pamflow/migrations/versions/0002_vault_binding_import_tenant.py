@@ -109,7 +109,6 @@ def downgrade() -> None:
     conn.execute(sa.text("UPDATE credential SET candidate_secret = NULL"))
     conn.execute(sa.text("DELETE FROM system_parameter WHERE key = 'vault.canary'"))
     _write(conn, updates)
-    with op.batch_alter_table('webhook_source', schema=None) as batch_op:
-        batch_op.drop_column('tenant')
-    with op.batch_alter_table('credential', schema=None) as batch_op:
-        batch_op.drop_column('candidate_secret')
+    # plain DROP COLUMN (SQLite >= 3.35): a batch copy of credential would trip its foreign keys
+    op.drop_column('webhook_source', 'tenant')
+    op.drop_column('credential', 'candidate_secret')
