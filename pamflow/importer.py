@@ -1196,41 +1196,53 @@ def _new_credential(r: ImportRow) -> tuple[tuple, tuple]:
 
 
 _CREDENTIAL_INSERT = ("device_id", "username", "kind", "policy", "change_interval_days", "auto_change")
-_ROWS_PER_INSERT = 500  # multi-row VALUES per statement (6 parameters a row)
+_ROWS_PER_INSERT = 500  # multi-row VALUES per statement (SQLite)
 
 
 def _insert_credentials(conn: Connection, groups: dict[tuple, list[tuple[tuple, Secret | None]]],
                         now: datetime, box: Vault) -> None:
-    """Insert new credentials, then seal each secret to its row's id and update it.
+    """Insert new credentials, each secret sealed to its row's id.
 
-    Plain DBAPI multi-row ``INSERT ... RETURNING`` (no per-row typing by SQLAlchemy), the
-    columns that are the same for a group inlined; then one ``executemany`` UPDATE of the
-    sealed secrets (a secret is bound to its credential's id, known only after the insert).
+    Plain DBAPI statements (no per-row typing by SQLAlchemy), the columns that are the same
+    for a group inlined. A secret is bound to its credential's id, so the id must be known
+    before the secret is sealed: on PostgreSQL the ids are drawn from the table's sequence
+    and the rows inserted with their sealed secrets (``executemany``, pipelined); on SQLite
+    the rows are inserted by multi-row ``INSERT ... RETURNING`` and the sealed secrets
+    written by one ``executemany`` UPDATE (cheap there; on PostgreSQL an UPDATE per row
+    costs a new row version and index entries).
     """
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    columns = ", ".join(_CREDENTIAL_INSERT)
-    row_marks = "(" + ", ".join(mark for _ in _CREDENTIAL_INSERT) + ", {constants})"
+    postgres = conn.dialect.name == "postgresql"
     now_text = _sql_time(conn, now)
     sealed: list[tuple[str, int]] = []
     for (has_secret, interval), items in groups.items():
         changed = now_text if has_secret else "NULL"
         expires = _sql_time(conn, now + timedelta(days=interval)) if has_secret and interval else "NULL"
-        constants = (f"{1 if has_secret else 0}, 'ok', {changed}, {expires}, {now_text}, "
-                     f"{now_text}")
-        one = row_marks.format(constants=constants)
-        for batch in _batched(items, _ROWS_PER_INSERT):
-            params = [v for values, _secret in batch for v in values]
-            records = conn.exec_driver_sql(
-                f"INSERT INTO credential ({columns}, secret_version, status, last_changed_at, "
-                f"expires_at, created_at, updated_at) VALUES {', '.join([one] * len(batch))} "
-                "RETURNING id, device_id, username", tuple(params)).all()
-            if not has_secret:
-                continue
-            secrets_by_key = {(values[0], values[1]): secret for values, secret in batch}
-            for cid, device_id, username in records:
-                secret = secrets_by_key[(device_id, username)]
-                sealed.append((box.encrypt(secret.reveal(), credential_aad(cid, device_id, "secret")),
-                               cid))
+        constants = f"{1 if has_secret else 0}, 'ok', {changed}, {expires}, {now_text}, {now_text}"
+        extra = ("id", "secret") if has_secret and postgres else ()
+        columns = ", ".join((*extra, *_CREDENTIAL_INSERT))
+        one = "(" + ", ".join(mark for _ in (*extra, *_CREDENTIAL_INSERT)) + f", {constants})"
+        insert = (f"INSERT INTO credential ({columns}, secret_version, status, last_changed_at, "
+                  "expires_at, created_at, updated_at) VALUES ")
+        if not has_secret:
+            conn.exec_driver_sql(insert + one, [values for values, _secret in items])
+        elif postgres:
+            ids = conn.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence('credential', 'id')) "
+                f"FROM generate_series(1, {len(items)})").scalars().all()
+            conn.exec_driver_sql(insert + one, [
+                (cid, box.encrypt(secret.reveal(), credential_aad(cid, values[0], "secret")), *values)
+                for cid, (values, secret) in zip(ids, items, strict=True)])
+        else:
+            for batch in _batched(items, _ROWS_PER_INSERT):
+                result = conn.exec_driver_sql(
+                    insert + ", ".join([one] * len(batch)) + " RETURNING id, device_id, username",
+                    tuple(v for values, _secret in batch for v in values))
+                by_key = {(values[0], values[1]): secret for values, secret in batch}
+                for cid, device_id, username in result:
+                    secret = by_key[(device_id, username)]
+                    sealed.append((box.encrypt(secret.reveal(), credential_aad(cid, device_id,
+                                                                               "secret")), cid))
     if sealed:
         conn.exec_driver_sql(f"UPDATE credential SET secret = {mark} WHERE id = {mark}", sealed)
 
