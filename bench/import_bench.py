@@ -35,7 +35,7 @@ def make_rows(n: int) -> list[list]:
         rows.append([
             f"srv-{i:06d}", f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
             "windows" if windows else "linux", "5985;3389" if windows else "22",
-            f"site-{i % 7}", "acme" if i % 2 else "default", "winrm" if windows else "ssh",
+            f"site-{i % 7}", "" if i % 2 else "default", "winrm" if windows else "ssh",
             "Administrator" if windows else "root", secrets.token_urlsafe(18),
             "local", 90,
         ])
@@ -77,9 +77,12 @@ def main() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ["PAMFLOW_HOME"] = str(work / "home")
+    os.environ["PAMFLOW_UPLOAD_DIR"] = str(work)  # imports read only from the upload directory
     os.environ["PAMFLOW_MASTER_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
     from pamflow import db, importer
+    from pamflow.vault import vault
 
+    vault()  # opened (key checked against the store) before anything is timed
     try:
         rows = make_rows(args.rows)
         csv_path, xlsx_path = work / "devices.csv", work / "devices.xlsx"

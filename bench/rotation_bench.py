@@ -292,7 +292,7 @@ def pamflow_setup(sshd, admin: tuple[str, str], current: dict[str, str]):
 
     from pamflow import db
     from pamflow.models import Credential, Device
-    from pamflow.vault import vault
+    from pamflow.vault import credential_aad, vault
 
     db.reset_engines()
     engine = db.store()
@@ -303,15 +303,20 @@ def pamflow_setup(sshd, admin: tuple[str, str], current: dict[str, str]):
         s.add(dev)
         s.commit()
         s.refresh(dev)
-        adm = Credential(device_id=dev.id, username=admin[0], secret=v.encrypt(admin[1]),
-                         auto_change=False)
+        adm = Credential(device_id=dev.id, username=admin[0], auto_change=False)
+        s.add(adm)
+        s.flush()
+        adm.secret = v.encrypt(admin[1], credential_aad(adm.id, dev.id, "secret"))
         s.add(adm)
         s.commit()
         s.refresh(adm)
         dev.admin_credential_id = adm.id
         s.add(dev)
-        creds = [Credential(device_id=dev.id, username=u, secret=v.encrypt(p))
-                 for u, p in current.items()]
+        creds = [Credential(device_id=dev.id, username=u) for u in current]
+        s.add_all(creds)
+        s.flush()
+        for c in creds:  # sealed to their row: ids first
+            c.secret = v.encrypt(current[c.username], credential_aad(c.id, dev.id, "secret"))
         s.add_all(creds)
         s.commit()
         ids = [c.id for c in creds]
@@ -342,7 +347,7 @@ def pamflow_confirm(sshd, engine, cred_ids: list[int]) -> tuple[int, int, Counte
     from pamflow.models import Credential
     from pamflow.targets.base import Endpoint, Login
     from pamflow.targets.ssh import MemoryHostKeys, SSHTarget
-    from pamflow.vault import vault
+    from pamflow.vault import credential_aad, vault
 
     with Session(engine) as s:
         creds = s.exec(select(Credential).where(Credential.id.in_(cred_ids))).all()
@@ -351,8 +356,8 @@ def pamflow_confirm(sshd, engine, cred_ids: list[int]) -> tuple[int, int, Counte
     target = SSHTarget(host_keys=MemoryHostKeys())
     ep = Endpoint(0, "confirm", "127.0.0.1", sshd.port)
     with ThreadPoolExecutor(WORKERS) as pool:
-        ok = list(pool.map(lambda c: target.verify(ep, Login(c.username, v.decrypt(c.secret)), 30),
-                           creds))
+        ok = list(pool.map(lambda c: target.verify(ep, Login(c.username, v.decrypt(
+            c.secret, credential_aad(c.id, c.device_id, "secret"))), 30), creds))
     return sum(ok), len(ok) - sum(ok), statuses
 
 

@@ -1,8 +1,9 @@
 """Batch import processing: process the uploaded spreadsheet for devices and credentials import.
 
-Triggered by the event ``pam.import.uploaded`` (``path`` from its payload, see
-``prefect.yaml``) and run in-process by ``pamflow import FILE``. The file format, columns
-and rules are documented in :mod:`pamflow.importer`.
+Triggered by the event ``pam.import.uploaded`` (``path`` from its payload, ``tenant`` the
+one the gateway set from the webhook source, see ``prefect.yaml``) and run in-process by
+``pamflow import FILE``. The file is read from the upload directory only; the format,
+columns and rules are documented in :mod:`pamflow.importer`.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ ERROR_TABLE_LIMIT = 500
 
 
 @flow(name="batch-import-processing", flow_run_name="import {path}")
-def batch_import_processing(path: str) -> dict:
+def batch_import_processing(path: str, tenant: str = "default") -> dict:
     """Batch import processing: process the uploaded spreadsheet for devices and credentials import."""
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, key="batch-import-progress",
                                         description=f"Importing {Path(path).name}")
     try:
-        sheet = read_spreadsheet(path)
+        sheet = read_spreadsheet(path, tenant)
     except ImportFileError as exc:
-        record_failed_import(path, str(exc))
+        record_failed_import(path, str(exc), tenant)
         create_markdown_artifact(f"# Batch import failed\n\n{exc}\n\nNothing was imported.",
                                  key="batch-import-summary", description=f"Import of {path} failed")
         update_progress_artifact(progress, 100.0, description=f"{Path(path).name}: not importable")
@@ -69,9 +70,13 @@ def publish_results(result: ImportResult) -> None:
         f"| {result.rows} | {result.created} | {result.updated} | {result.unchanged} "
         f"| {result.rejected} |",
         "",
-        f"Devices: {result.devices_created} created, {result.devices_updated} updated. "
-        f"Credentials: {result.credentials_created} created, {result.credentials_updated} updated.",
+        f"Tenant `{result.tenant}`. Devices: {result.devices_created} created, "
+        f"{result.devices_updated} updated. Credentials: {result.credentials_created} created, "
+        f"{result.credentials_updated} updated.",
     ]
+    if result.imports_to_verify:
+        lines += ["", f"{result.imports_to_verify} imported password(s) differ from the recorded "
+                      "ones: each is adopted only after a verify operation logs in with it."]
     if result.empty:
         lines += ["", "The file has no data rows: nothing to import."]
     if result.error_file:

@@ -253,8 +253,10 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
     (Prefect's, in a flow run) are put back on return.
     """
     from .db import store
+    from .vault import vault
 
     engine = engine or store()
+    vault()  # a store sealed with another key stops this instance now, not at its first batch
     owner = owner or new_owner("executor-service")
     deadline = time.monotonic() + lifetime_s
     stop = stop or threading.Event()

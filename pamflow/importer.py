@@ -3,6 +3,24 @@
 The domain side of the "Batch import processing" robot: no Prefect here. The robot
 (``flows/batch_import.py``) and ``pamflow import FILE`` both use it.
 
+Where files come from
+---------------------
+Only from the upload directory (``PAMFLOW_UPLOAD_DIR``, default ``<data dir>/uploads``,
+created with mode 0700). A path is taken relative to it, or absolute inside it; it is
+resolved (symlinks followed) and refused when the result leaves the directory, and the
+file is then opened component by component without following symlinks, so a link
+swapped in meanwhile is refused too. A missing file, a path outside, a symlink out, a
+directory, a device, a FIFO and a file with several hard links all get the same answer
+("no such file in the upload directory"), so a caller learns nothing about files
+elsewhere. Errors never quote a file's content beyond column names (and row cells of
+rejected rows of the uploaded file itself, never a secret).
+
+An XLSX workbook is a zip archive: it is refused before anything is inflated when its
+parts add up to more than ``PAMFLOW_IMPORT_MAX_UNCOMPRESSED`` bytes (default 512 MiB),
+when a part over 1 MiB inflates more than ``PAMFLOW_IMPORT_MAX_RATIO`` times its stored
+size (default 100), or when it has more than 10,000 parts; the bytes actually inflated
+are counted too, as the archive's directory may lie.
+
 File
 ----
 ``.csv`` (UTF-8, with or without BOM, or Windows-1252; delimiter ``,`` ``;`` or tab, taken
@@ -23,7 +41,7 @@ Columns (header names are case-insensitive; spaces and dashes count as ``_``)
 ``ports``                Ports to probe, ``22;3389``, ``22,443`` or ``22 443``
                          (default by platform: 22, windows 5986, ldap 636).
 ``site``                 Free text.
-``tenant``               Tenant (default ``default``).
+``tenant``               Must be the import's tenant, or empty (see *Tenant*).
 ``change_protocol``      ``ssh``, ``winrm`` or ``ldap`` (default: from the platform).
 ``external_id``          The device's id in the source system.
 ``username``             Account on the device (aliases ``user``, ``account``, ``login``).
@@ -41,19 +59,36 @@ Other columns are ignored and named in the result. A cell longer than 4,096 char
 rejects its row. An empty optional cell means "keep what the store has" on an update and
 "the default" on a create; a column cannot blank a stored value.
 
+Tenant
+------
+An import runs for one tenant, given by the caller (``pamflow import --tenant``; for the
+robot, the tenant of the webhook source that announced the upload). A row whose
+``tenant`` cell names another tenant is rejected; an empty cell means the import's tenant.
+
+Secrets
+-------
+A secret for a new credential (or one that has none) is stored. A secret that differs
+from an existing credential's recorded one is never written over it: when the credential
+is ``ok`` with no change in progress, it is stored as the credential's *candidate* and a
+``verify`` operation is queued (parameters ``{"candidate": true}``); the verify adopts the
+candidate only if it logs in (see :func:`pamflow.rotation.verify_candidates`). A row that
+would change the secret of a credential that is not ``ok`` (unverified, invalid, expired)
+or has a change in progress is rejected, and so is one whose credential's stored secret
+cannot be decrypted: it is an error, never overwritten.
+
 Rows
 ----
 Each row is validated completely before anything is written. A bad row is reported with
 its row number, column and reason (never a secret's value) and written to
-``<input stem>.errors.csv`` beside the input (columns ``row, column, reason``). A second
+``<data dir>/import-errors/<UTC timestamp>-<input stem>.errors.csv`` (columns
+``row, column, reason``; never beside the input). A second
 row with the same tenant, address and username is a duplicate and is rejected; a row
 whose device fields disagree with an earlier row for the same device is rejected too.
 
 Rows are upserted idempotently: a device is keyed by ``(tenant, address)``, a credential
 by ``(device, username)``. Only real differences are written (a secret is compared with
-the decrypted stored one), so importing the same file again changes nothing — no new
-rows, no new ciphertexts, no ``updated_at`` bumps. A changed secret keeps the previous one
-in the credential history; a credential with a password change in progress is refused.
+the decrypted stored one, and with the waiting candidate), so importing the same file
+again changes nothing — no new rows, no new ciphertexts, no ``updated_at`` bumps.
 
 Writes go in chunks, one transaction each (a row's device and credential always in the
 same transaction). When a chunk's transaction fails, its rows are retried one
@@ -66,7 +101,10 @@ from __future__ import annotations
 import csv
 import io
 import ipaddress
+import os
 import re
+import secrets
+import stat
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -79,8 +117,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
-from .models import Credential, CredentialHistory, Device, utcnow
-from .vault import Vault, VaultError, vault
+from .models import Credential, CredentialStatus, Device, utcnow
+from .vault import Vault, VaultError, credential_aad, vault
 
 MAX_CELL = 4096
 MAX_SECRET = 1024
@@ -88,6 +126,10 @@ MAX_TEXT = 255
 MAX_PORTS = 64
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_ROWS = 1_000_000
+MAX_UNCOMPRESSED = 512 * 1024 * 1024  # PAMFLOW_IMPORT_MAX_UNCOMPRESSED
+MAX_RATIO = 100  # PAMFLOW_IMPORT_MAX_RATIO
+RATIO_FLOOR = 1024 * 1024  # parts smaller than this are not held to the ratio
+MAX_MEMBERS = 10_000
 CHUNK_SIZE = 5000
 _QUERY_BATCH = 2000  # keys per IN (...) when preloading
 
@@ -121,6 +163,118 @@ class ImportFileError(Exception):
 
     Nothing was written. The message names the file and the reason, never a cell's value.
     """
+
+
+# ---------------------------------------------------------------------------------------
+# where files come from and where error files go
+
+
+def _env_limit(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ImportFileError(f"{name}={value[:40]!r} is not a positive whole number")
+    return int(value)
+
+
+def upload_dir() -> Path:
+    """The directory imports read from: ``PAMFLOW_UPLOAD_DIR`` or ``<data dir>/uploads``
+    (created with mode 0700 when missing), symlinks resolved."""
+    from .config import data_dir
+
+    configured = os.environ.get("PAMFLOW_UPLOAD_DIR")
+    path = Path(configured).expanduser() if configured else data_dir() / "uploads"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Path(os.path.realpath(path))
+
+
+def errors_dir() -> Path:
+    """``<data dir>/import-errors`` (mode 0700), where error files are written."""
+    from .config import data_dir
+
+    path = data_dir() / "import-errors"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _shown_path(path: str) -> str:
+    return repr(path if len(path) <= 200 else path[:197] + "...")
+
+
+def open_upload(path: str | Path, base: Path | None = None) -> tuple[Path, int]:
+    """Open a file of the upload directory for reading: ``(its real path, a file descriptor)``.
+
+    ``path`` is relative to ``base`` (default :func:`upload_dir`) or absolute inside it.
+    Every refusal (missing, outside, a symlink leading out, not a regular file, a file with
+    other hard links, a NUL byte) raises the same :class:`ImportFileError`, so the answer
+    says nothing about files outside the directory.
+    """
+    base = Path(os.path.realpath(base if base is not None else upload_dir()))
+    text = os.fspath(path)
+    refused = ImportFileError(f"{_shown_path(text)}: no such file in the upload directory {base}")
+    if not text or "\x00" in text:
+        raise refused
+    candidate = text if os.path.isabs(text) else os.path.join(base, text)
+    try:
+        relative = Path(os.path.realpath(candidate)).relative_to(base)
+    except (ValueError, OSError):
+        raise refused from None
+    if not relative.parts:
+        raise refused
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        folder = os.open(base, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    except OSError:
+        raise refused from None
+    try:  # each component without following symlinks: a link swapped in meanwhile is refused
+        for part in relative.parts[:-1]:
+            inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        fd = os.open(relative.parts[-1], flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=folder)
+    except OSError:
+        raise refused from None
+    finally:
+        os.close(folder)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise refused
+    os.set_blocking(fd, True)
+    return base / relative, fd
+
+
+def copy_to_uploads(source: str | Path, base: Path | None = None) -> Path:
+    """Copy ``source`` (opened with the caller's own rights) into the upload directory under
+    a new name (``<UTC timestamp>-<random>-<name>``, mode 0600); returns the copy's path."""
+    base = base if base is not None else upload_dir()
+    source = Path(source)
+    try:
+        src = open(source, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ImportFileError(f"{source}: cannot be read ({exc.strerror})") from None
+    with src:
+        st = os.fstat(src.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ImportFileError(f"{source}: not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImportFileError(f"{source.name}: {st.st_size:,} bytes, over the "
+                                  f"{MAX_FILE_BYTES:,}-byte limit")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", source.name)[-120:].lstrip(".") or "upload"
+        target = base / f"{utcnow().strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}-{name}"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "wb") as out:
+            copied = 0
+            while chunk := src.read(1 << 20):
+                copied += len(chunk)
+                if copied > MAX_FILE_BYTES:
+                    out.close()
+                    target.unlink(missing_ok=True)
+                    raise ImportFileError(f"{source.name}: over the {MAX_FILE_BYTES:,}-byte limit")
+                out.write(chunk)
+    return target
 
 
 class Secret:
@@ -183,6 +337,7 @@ class Sheet:
     total_rows: int
     rows: list[ImportRow]
     errors: list[RowError]
+    tenant: str = "default"
 
     def chunks(self, size: int = CHUNK_SIZE) -> Iterator[list[ImportRow]]:
         for start in range(0, len(self.rows), size):
@@ -206,12 +361,15 @@ class ChunkOutcome:
     credentials_updated: int = 0
     errors: list[RowError] = field(default_factory=list)
     isolated: bool = False  # the chunk's transaction failed and rows were retried one by one
+    # credentials whose imported secret waits for a verify (queued after the commit)
+    verify_ids: list[int] = field(default_factory=list)
 
     def add(self, other: ChunkOutcome) -> None:
         for name in ("created", "updated", "unchanged", "devices_created", "devices_updated",
                      "credentials_created", "credentials_updated"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.extend(other.errors)
+        self.verify_ids.extend(other.verify_ids)
         self.isolated = self.isolated or other.isolated
 
 
@@ -233,6 +391,8 @@ class ImportResult:
     errors: list[RowError]
     error_file: str | None
     ignored_columns: list[str]
+    tenant: str = "default"
+    imports_to_verify: int = 0
 
     @property
     def empty(self) -> bool:
@@ -252,6 +412,8 @@ class ImportResult:
             "devices_updated": self.devices_updated,
             "credentials_created": self.credentials_created,
             "credentials_updated": self.credentials_updated,
+            "imports_to_verify": self.imports_to_verify,
+            "tenant": self.tenant,
             "error_file": self.error_file,
             "ignored_columns": list(self.ignored_columns),
             "empty": self.empty,
@@ -395,18 +557,84 @@ _REL_NS = "{http://schemas.openxmlformats.org/package/2006/relationships}"
 _DOC_REL_NS = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
 
 
-def _xml(archive: zipfile.ZipFile, name: str):
+class _Inflated:
+    """Counts the bytes inflated from a workbook's parts against the uncompressed limit
+    (the zip directory's sizes were checked before reading, but a directory can lie)."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name, self.limit, self.total = name, limit, 0
+
+    def take(self, n: int) -> None:
+        self.total += n
+        if self.total > self.limit:
+            raise ImportFileError(
+                f"{self.name}: the workbook inflates to more than {self.limit:,} bytes "
+                "(PAMFLOW_IMPORT_MAX_UNCOMPRESSED); refused")
+
+    def open(self, archive: zipfile.ZipFile, part: str) -> _Counted:
+        return _Counted(archive.open(part), self)
+
+    def read(self, archive: zipfile.ZipFile, part: str) -> bytes:
+        with self.open(archive, part) as source:
+            return source.read()
+
+
+class _Counted:
+    """A part of the archive, read through its inflated-bytes budget."""
+
+    def __init__(self, raw, budget: _Inflated) -> None:
+        self._raw, self._budget = raw, budget
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            chunks = []
+            while chunk := self.read(1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        data = self._raw.read(n)
+        self._budget.take(len(data))
+        return data
+
+    def __enter__(self) -> _Counted:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._raw.close()
+
+
+def _check_archive(name: str, archive: zipfile.ZipFile) -> _Inflated:
+    """Refuse a zip bomb from the archive's directory, before anything is inflated."""
+    limit = _env_limit("PAMFLOW_IMPORT_MAX_UNCOMPRESSED", MAX_UNCOMPRESSED)
+    ratio = _env_limit("PAMFLOW_IMPORT_MAX_RATIO", MAX_RATIO)
+    parts = archive.infolist()
+    if len(parts) > MAX_MEMBERS:
+        raise ImportFileError(f"{name}: {len(parts):,} parts in the workbook, over the "
+                              f"{MAX_MEMBERS:,}-part limit; refused")
+    total = sum(p.file_size for p in parts)
+    if total > limit:
+        raise ImportFileError(f"{name}: the workbook's parts inflate to {total:,} bytes, over the "
+                              f"{limit:,}-byte limit (PAMFLOW_IMPORT_MAX_UNCOMPRESSED); refused")
+    for p in parts:
+        if p.file_size > RATIO_FLOOR and p.file_size > ratio * max(p.compress_size, 1):
+            raise ImportFileError(
+                f"{name}: a part of the workbook inflates {p.file_size / max(p.compress_size, 1):,.0f}"
+                f" times its stored size, over the limit of {ratio} (PAMFLOW_IMPORT_MAX_RATIO); "
+                "refused")
+    return _Inflated(name, limit)
+
+
+def _xml(archive: zipfile.ZipFile, name: str, budget: _Inflated):
     from xml.etree.ElementTree import fromstring
 
-    return fromstring(archive.read(name))  # noqa: S314 - see _iter_sheet
+    return fromstring(budget.read(archive, name))  # noqa: S314 - see _iter_sheet
 
 
-def _rels(archive: zipfile.ZipFile, part: str) -> dict[str, tuple[str, str]]:
+def _rels(archive: zipfile.ZipFile, part: str, budget: _Inflated) -> dict[str, tuple[str, str]]:
     """A part's relationships: id -> (type, absolute part name)."""
     folder, _, name = part.rpartition("/")
     rels_name = f"{folder}/_rels/{name}.rels" if folder else f"_rels/{name}.rels"
     out = {}
-    for rel in _xml(archive, rels_name).iter(f"{_REL_NS}Relationship"):
+    for rel in _xml(archive, rels_name, budget).iter(f"{_REL_NS}Relationship"):
         target = rel.get("Target", "")
         target = target.lstrip("/") if target.startswith("/") else (
             f"{folder}/{target}" if folder else target)
@@ -421,14 +649,14 @@ def _rels(archive: zipfile.ZipFile, part: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _shared_strings(archive: zipfile.ZipFile, part: str | None) -> list[str]:
+def _shared_strings(archive: zipfile.ZipFile, part: str | None, budget: _Inflated) -> list[str]:
     if part is None:
         return []
     from xml.etree.ElementTree import iterparse
 
     strings = []
     run = f"{_SHEET_NS}r"
-    with archive.open(part) as source:
+    with budget.open(archive, part) as source:
         for _event, si in iterparse(source, events=("end",)):  # noqa: S314 - see _iter_sheet
             if si.tag != f"{_SHEET_NS}si":
                 continue
@@ -444,57 +672,62 @@ def _shared_strings(archive: zipfile.ZipFile, part: str | None) -> list[str]:
     return strings
 
 
-def _read_xlsx_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+def _read_xlsx_records(path: Path, fh) -> Iterator[tuple[int, list[str]]]:
     """The first worksheet's rows. The package is navigated by its relationships (as
     openpyxl does) but without openpyxl's whole-sheet pass for the sheet's dimensions."""
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(fh):
         raise ImportFileError(f"{path.name}: not an XLSX workbook (not a zip archive: "
                               "corrupt, or another kind of file)")
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+        fh.seek(0)
+        archive = zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ImportFileError(f"{path.name}: not a readable XLSX workbook "
                               f"({exc.__class__.__name__})") from None
     with archive:
+        budget = _check_archive(path.name, archive)
         try:
-            workbook = next(target for kind, target in _rels(archive, "").values()
+            workbook = next(target for kind, target in _rels(archive, "", budget).values()
                             if kind.endswith("/officeDocument"))
-            rels = _rels(archive, workbook)
-            sheets = _xml(archive, workbook).find(f"{_SHEET_NS}sheets")
+            rels = _rels(archive, workbook, budget)
+            sheets = _xml(archive, workbook, budget).find(f"{_SHEET_NS}sheets")
             first = None if sheets is None else next(iter(sheets), None)
             strings = next((target for kind, target in rels.values()
                             if kind.endswith("/sharedStrings")), None)
-            shared = _shared_strings(archive, strings)
+            shared = _shared_strings(archive, strings, budget)
+        except ImportFileError:
+            raise
         except Exception as exc:  # noqa: BLE001 - missing parts, bad XML, bad zip members
             raise ImportFileError(f"{path.name}: not a readable XLSX workbook "
                                   f"({exc.__class__.__name__})") from None
         if first is None:
             return
         try:
-            with archive.open(rels[first.get(f"{_DOC_REL_NS}id")][1]) as source:
+            with budget.open(archive, rels[first.get(f"{_DOC_REL_NS}id")][1]) as source:
                 yield from _iter_sheet(source, shared)
+        except ImportFileError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a corrupt sheet part (zip, XML, index)
             raise ImportFileError(
                 f"{path.name}: corrupt XLSX worksheet ({exc.__class__.__name__})"
             ) from None
 
 
-def _records(path: Path) -> tuple[str, Iterator[tuple[int, list[str]]]]:
-    if not path.exists():
-        raise ImportFileError(f"{path}: no such file")
-    if not path.is_file():
-        raise ImportFileError(f"{path}: not a file")
-    size = path.stat().st_size
+def _records(path: Path, fh) -> tuple[str, Iterator[tuple[int, list[str]]]]:
+    """The format and rows of the open file ``fh`` (``path``: its real path, for names)."""
+    size = os.fstat(fh.fileno()).st_size
     if size > MAX_FILE_BYTES:
         raise ImportFileError(f"{path.name}: {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit")
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xlsm"):
-        return "xlsx", _read_xlsx_records(path)
+        return "xlsx", _read_xlsx_records(path, fh)
     if suffix in (".csv", ".txt", ".tsv"):
         try:
-            raw = path.read_bytes()
+            raw = fh.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             raise ImportFileError(f"{path.name}: cannot be read ({exc.strerror})") from None
+        if len(raw) > MAX_FILE_BYTES:
+            raise ImportFileError(f"{path.name}: over the {MAX_FILE_BYTES:,}-byte limit")
         return "csv", _read_csv_records(path, raw)
     if suffix == ".xls":
         raise ImportFileError(f"{path.name}: the old binary .xls format is not supported; "
@@ -589,8 +822,10 @@ def _bool(value: str) -> bool | None:
     raise ValueError
 
 
-def validate_row(row: int, cells: dict[str, str]) -> ImportRow | list[RowError]:
-    """Check one row (canonical column -> cell text). Returns the row or its errors."""
+def validate_row(row: int, cells: dict[str, str], tenant: str = "default"
+                 ) -> ImportRow | list[RowError]:
+    """Check one row (canonical column -> cell text) of an import for ``tenant``.
+    Returns the row or its errors."""
     errors: list[RowError] = []
     for column, value in cells.items():
         if len(value) > MAX_CELL:
@@ -608,7 +843,10 @@ def validate_row(row: int, cells: dict[str, str]) -> ImportRow | list[RowError]:
                                                    "is not an IP address or host name"))
         else:
             errors.append(RowError(row, "address", "address is required"))
-    tenant = _text(get("tenant", ""), "tenant", errors, row) or "default"
+    named = _text(get("tenant", ""), "tenant", errors, row)
+    if named and named != tenant:
+        errors.append(RowError(row, "tenant", f"tenant {_show(named)} is not this import's tenant "
+                                              f"{_show(tenant)}; an import writes into one tenant"))
 
     device: dict[str, Any] = {}
     name = _text(get("name", ""), "name", errors, row)
@@ -715,10 +953,30 @@ def _check_consistency(rows: list[ImportRow]) -> tuple[list[ImportRow], list[Row
     return kept, errors
 
 
-def read_sheet(path: str | Path) -> Sheet:
-    """Read and validate the whole file; raises ImportFileError when it is not importable."""
-    path = Path(path)
-    fmt, records = _records(path)
+def check_tenant(tenant: str) -> str:
+    """``tenant`` stripped, if it can name a tenant (1-255 characters, no control
+    characters); else ValueError."""
+    value = tenant.strip() if isinstance(tenant, str) else ""
+    if not value or len(value) > MAX_TEXT or _CONTROL.search(value):
+        raise ValueError(f"invalid tenant {_show(str(tenant))}: 1-{MAX_TEXT} characters, "
+                         "no control characters")
+    return value
+
+
+def read_sheet(path: str | Path, tenant: str = "default", base: Path | None = None) -> Sheet:
+    """Read and validate a file of the upload directory (``base``, default
+    :func:`upload_dir`) for ``tenant``; raises ImportFileError when it is not importable."""
+    try:
+        tenant = check_tenant(tenant)
+    except ValueError as exc:
+        raise ImportFileError(f"{Path(os.fspath(path)).name}: {exc}") from None
+    real, fd = open_upload(path, base)
+    with os.fdopen(fd, "rb") as fh:
+        return _read_sheet(real, fh, tenant)
+
+
+def _read_sheet(path: Path, fh, tenant: str) -> Sheet:
+    fmt, records = _records(path, fh)
     header: list[str] | None = None
     columns: list[str] = []
     index: list[tuple[int, str]] = []
@@ -747,10 +1005,11 @@ def read_sheet(path: str | Path) -> Sheet:
                 else:
                     ignored.append(title.strip()[:60])
             if "address" not in seen:
-                found = ", ".join(repr(t.strip()[:40]) for t in record if t.strip()) or "nothing"
+                # name only the columns recognised, never the row's text: it may be any file
+                found = ", ".join(columns) or "none"
                 raise ImportFileError(
                     f"{path.name}: row {header_row} is not a header with an 'address' column "
-                    f"(found {found}); the columns are {', '.join(COLUMNS)}"
+                    f"(columns recognised: {found}); the columns are {', '.join(COLUMNS)}"
                 )
             continue
         if not any(c.strip() for c in record):
@@ -764,7 +1023,7 @@ def read_sheet(path: str | Path) -> Sheet:
             continue
         width = len(record)
         cells = {name: record[i] for i, name in index if i < width}
-        checked = validate_row(number, cells)
+        checked = validate_row(number, cells, tenant)
         if isinstance(checked, list):
             errors.extend(checked)
         else:
@@ -773,7 +1032,7 @@ def read_sheet(path: str | Path) -> Sheet:
     errors.extend(clashes)
     errors.sort(key=lambda e: e.row)
     return Sheet(path=str(path), format=fmt, columns=columns, ignored_columns=ignored,
-                 total_rows=total, rows=rows, errors=errors)
+                 total_rows=total, rows=rows, errors=errors, tenant=tenant)
 
 
 # ---------------------------------------------------------------------------------------
@@ -781,7 +1040,6 @@ def read_sheet(path: str | Path) -> Sheet:
 
 _DEVICE = Device.__table__
 _CREDENTIAL = Credential.__table__
-_HISTORY = CredentialHistory.__table__
 
 
 def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -818,7 +1076,8 @@ def _preload(conn: Connection, rows: Iterable[ImportRow]) -> tuple[dict, dict]:
     ids = sorted(rec.id for rec in devices.values())
     for batch in _batched(ids, _QUERY_BATCH):
         query = sa.select(c.id, c.device_id, c.username, c.kind, c.secret, c.secret_version,
-                          c.change_interval_days, c.policy, c.auto_change,
+                          c.change_interval_days, c.policy, c.auto_change, c.status,
+                          c.candidate_secret,
                           c.pending_secret.is_not(None).label("pending")).where(
             c.device_id.in_(batch))
         for rec in conn.execute(query):
@@ -863,73 +1122,129 @@ _FROM_LAST_CHANGE = object()
 
 
 def _credential_plan(r: ImportRow, stored: Any, box: Vault, now: datetime
-                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, RowError | None]:
-    """For an existing credential: (update values or None, history row or None, error)."""
+                     ) -> tuple[dict[str, Any] | None, bool, RowError | None]:
+    """For an existing credential: (update values or None, candidate stored?, error).
+
+    A different secret is written only where none is recorded; over a recorded one it
+    becomes the candidate that a verify operation adopts if it logs in (see module doc).
+    """
     changes = {f: v for f, v in r.credential.items() if getattr(stored, f) != v}
-    history = None
-    secret_changed = False
+    values: dict[str, Any] = {}
+    candidate = False
     if r.secret is not None:
+        plain = r.secret.reveal()
+        who = f"credential {r.username}@{r.address}"
         current = None
         if stored.secret is not None:
             try:
-                current = box.decrypt(stored.secret)
-            except VaultError:
-                current = None  # unreadable here: replace it, the old ciphertext goes to history
-        if current != r.secret.reveal():
+                current = box.decrypt(stored.secret, credential_aad(stored.id, stored.device_id,
+                                                                    "secret"))
+            except VaultError as exc:
+                return None, False, RowError(
+                    r.row, "secret", f"the recorded secret of {who} cannot be decrypted ({exc}); "
+                    "it is left as it is: check the master key (pamflow vault status)")
+        if current != plain:
             if stored.pending:
-                return None, None, RowError(
-                    r.row, "secret", f"credential {r.username}@{r.address} has a password change "
-                    "in progress; import its secret after the change completes")
-            secret_changed = True
-    if not changes and not secret_changed:
-        return None, None, None
-    values = {"b_id": stored.id, "updated_at": now, **changes}
-    if secret_changed:
-        values["secret"] = box.encrypt(r.secret.reveal())
-        values["secret_version"] = stored.secret_version + 1
-        values["last_changed_at"] = now
-        if stored.secret is not None:
-            history = {"credential_id": stored.id, "version": stored.secret_version,
-                       "secret": stored.secret, "retired_at": now, "reason": "import"}
+                return None, False, RowError(
+                    r.row, "secret", f"{who} has a password change in progress; import its "
+                    "secret after the change completes")
+            if stored.status != CredentialStatus.ok:
+                return None, False, RowError(
+                    r.row, "secret", f"{who} is {stored.status}: an import does not replace its "
+                    "secret; let reconciliation or a verify settle it first")
+            aad = credential_aad(stored.id, stored.device_id, "secret" if current is None
+                                 else "candidate")
+            if current is None:  # nothing recorded: the imported secret is the first one
+                values["secret"] = box.encrypt(plain, aad)
+                values["secret_version"] = stored.secret_version + 1
+                values["last_changed_at"] = now
+            else:
+                waiting = None
+                if stored.candidate_secret is not None:
+                    try:
+                        waiting = box.decrypt(stored.candidate_secret, aad)
+                    except VaultError as exc:
+                        return None, False, RowError(
+                            r.row, "secret", f"the imported secret waiting for {who} cannot be "
+                            f"decrypted ({exc}); it is left as it is")
+                if waiting != plain:
+                    values["candidate_secret"] = box.encrypt(plain, aad)
+                    candidate = True
+    if not changes and not values:
+        return None, False, None
+    values = {"b_id": stored.id, "updated_at": now, **changes, **values}
     interval = changes.get("change_interval_days", stored.change_interval_days)
-    if interval and secret_changed:
+    if interval and "last_changed_at" in values:
         values["expires_at"] = now + timedelta(days=interval)
     elif "change_interval_days" in changes:
         values["expires_at"] = _FROM_LAST_CHANGE  # computed from the stored last change
-    return values, history, None
+    return values, candidate, None
 
 
-_CREDENTIAL_INSERT = ("device_id", "username", "kind", "secret", "secret_version", "policy",
-                      "change_interval_days", "auto_change")
-
-
-def _new_credential(r: ImportRow, box: Vault) -> tuple[tuple, tuple]:
+def _new_credential(r: ImportRow) -> tuple[tuple, tuple]:
     """A new credential's varying columns after ``device_id``, and its group key.
 
     The group key (secret given, change interval) decides the columns that are the same for
-    a whole group (``last_changed_at``, ``expires_at``): they are inlined in the INSERT.
+    a whole group (``secret_version``, ``last_changed_at``, ``expires_at``): they are
+    inlined in the INSERT. The secret itself is sealed once the row has its id.
     """
-    secret = box.encrypt(r.secret.reveal()) if r.secret is not None else None
     interval = r.credential.get("change_interval_days")
-    values = (r.username, r.credential.get("kind", "local"), secret, 1 if secret else 0,
-              r.credential.get("policy", "default"), interval, r.credential.get("auto_change", True))
-    return values, (secret is not None, interval if secret is not None else None)
+    values = (r.username, r.credential.get("kind", "local"), r.credential.get("policy", "default"),
+              interval, r.credential.get("auto_change", True))
+    has_secret = r.secret is not None
+    return values, (has_secret, interval if has_secret else None)
 
 
-def _insert_credentials(conn: Connection, groups: dict[tuple, list[tuple]], now: datetime) -> None:
-    """Plain DBAPI executemany, one per group; constant columns inlined (no per-row typing)."""
+_CREDENTIAL_INSERT = ("device_id", "username", "kind", "policy", "change_interval_days", "auto_change")
+_ROWS_PER_INSERT = 500  # multi-row VALUES per statement (SQLite)
+
+
+def _insert_credentials(conn: Connection, groups: dict[tuple, list[tuple[tuple, Secret | None]]],
+                        now: datetime, box: Vault) -> None:
+    """Insert new credentials, each secret sealed to its row's id.
+
+    Plain DBAPI statements (no per-row typing by SQLAlchemy), the columns that are the same
+    for a group inlined. A secret is bound to its credential's id, so the id must be known
+    before the secret is sealed: on PostgreSQL the ids are drawn from the table's sequence
+    and the rows inserted with their sealed secrets (``executemany``, pipelined); on SQLite
+    the rows are inserted by multi-row ``INSERT ... RETURNING`` and the sealed secrets
+    written by one ``executemany`` UPDATE (cheap there; on PostgreSQL an UPDATE per row
+    costs a new row version and index entries).
+    """
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    columns = ", ".join(_CREDENTIAL_INSERT)
-    marks = ", ".join(mark for _ in _CREDENTIAL_INSERT)
+    postgres = conn.dialect.name == "postgresql"
     now_text = _sql_time(conn, now)
-    for (has_secret, interval), params in groups.items():
+    sealed: list[tuple[str, int]] = []
+    for (has_secret, interval), items in groups.items():
         changed = now_text if has_secret else "NULL"
         expires = _sql_time(conn, now + timedelta(days=interval)) if has_secret and interval else "NULL"
-        conn.exec_driver_sql(
-            f"INSERT INTO credential ({columns}, status, last_changed_at, expires_at, created_at, "
-            f"updated_at) VALUES ({marks}, 'ok', {changed}, {expires}, {now_text}, {now_text})",
-            params,
-        )
+        constants = f"{1 if has_secret else 0}, 'ok', {changed}, {expires}, {now_text}, {now_text}"
+        extra = ("id", "secret") if has_secret and postgres else ()
+        columns = ", ".join((*extra, *_CREDENTIAL_INSERT))
+        one = "(" + ", ".join(mark for _ in (*extra, *_CREDENTIAL_INSERT)) + f", {constants})"
+        insert = (f"INSERT INTO credential ({columns}, secret_version, status, last_changed_at, "
+                  "expires_at, created_at, updated_at) VALUES ")
+        if not has_secret:
+            conn.exec_driver_sql(insert + one, [values for values, _secret in items])
+        elif postgres:
+            ids = conn.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence('credential', 'id')) "
+                f"FROM generate_series(1, {len(items)})").scalars().all()
+            conn.exec_driver_sql(insert + one, [
+                (cid, box.encrypt(secret.reveal(), credential_aad(cid, values[0], "secret")), *values)
+                for cid, (values, secret) in zip(ids, items, strict=True)])
+        else:
+            for batch in _batched(items, _ROWS_PER_INSERT):
+                result = conn.exec_driver_sql(
+                    insert + ", ".join([one] * len(batch)) + " RETURNING id, device_id, username",
+                    tuple(v for values, _secret in batch for v in values))
+                by_key = {(values[0], values[1]): secret for values, secret in batch}
+                for cid, device_id, username in result:
+                    secret = by_key[(device_id, username)]
+                    sealed.append((box.encrypt(secret.reveal(), credential_aad(cid, device_id,
+                                                                               "secret")), cid))
+    if sealed:
+        conn.exec_driver_sql(f"UPDATE credential SET secret = {mark} WHERE id = {mark}", sealed)
 
 
 def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault) -> ChunkOutcome:
@@ -939,9 +1254,8 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
     devices, credentials = _preload(conn, rows)
     new_devices: dict[tuple[str, str], dict] = {}
     device_updates: dict[int, dict] = {}
-    new_credentials: list[tuple[tuple[str, str] | int, tuple, tuple]] = []
+    new_credentials: list[tuple[tuple[str, str] | int, tuple, tuple, Secret | None]] = []
     credential_updates: list[dict] = []
-    history: list[dict] = []
     for r in rows:
         key = r.device_key
         stored = devices.get(key)
@@ -954,16 +1268,19 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
             if changes:
                 updates_device = True
                 device_update = {"b_id": stored.id, "updated_at": now, **changes}
-        cred_new = cred_update = hist = None
+        cred_new = cred_update = None
+        candidate = False
         if r.username is not None:
             current = credentials.get((stored.id, r.username)) if stored is not None else None
             if current is None:
-                cred_new = _new_credential(r, box)
+                cred_new = _new_credential(r)
             else:
-                cred_update, hist, error = _credential_plan(r, current, box, now)
+                cred_update, candidate, error = _credential_plan(r, current, box, now)
                 if error is not None:  # the whole row is refused, its device part too
                     out.errors.append(error)
                     continue
+                if candidate:
+                    out.verify_ids.append(current.id)
         if creates_device:
             new_devices[key] = _new_device(r, source)
             out.devices_created += 1
@@ -971,13 +1288,11 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
             device_updates[stored.id] = device_update
             out.devices_updated += 1
         if cred_new is not None:
-            new_credentials.append((stored.id if stored is not None else key, *cred_new))
+            new_credentials.append((stored.id if stored is not None else key, *cred_new, r.secret))
             out.credentials_created += 1
         if cred_update is not None:
             credential_updates.append(cred_update)
             out.credentials_updated += 1
-        if hist is not None:
-            history.append(hist)
         if creates_device or cred_new is not None:
             out.created += 1
         elif updates_device or cred_update is not None:
@@ -998,13 +1313,11 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
     if device_updates:
         _update_grouped(conn, _DEVICE, device_updates.values())
     if new_credentials:
-        groups: dict[tuple, list[tuple]] = {}
-        for owner, values, group in new_credentials:
+        groups: dict[tuple, list[tuple[tuple, Secret | None]]] = {}
+        for owner, values, group, secret in new_credentials:
             device_id = owner if isinstance(owner, int) else ids[owner]
-            groups.setdefault(group, []).append((device_id, *values))
-        _insert_credentials(conn, groups, now)
-    if history:
-        conn.execute(_HISTORY.insert(), history)
+            groups.setdefault(group, []).append(((device_id, *values), secret))
+        _insert_credentials(conn, groups, now, box)
     if credential_updates:
         _expiry_from_last_change(conn, credential_updates, now)
         _update_grouped(conn, _CREDENTIAL, credential_updates)
@@ -1039,11 +1352,12 @@ def _store_reason(exc: sa.exc.DBAPIError) -> str:
 
 
 def write_rows(rows: Sequence[ImportRow], engine: Engine | None = None, source: str = "import",
-               box: Vault | None = None) -> ChunkOutcome:
+               box: Vault | None = None, actor: str = "batch-import") -> ChunkOutcome:
     """Upsert a chunk of validated rows in one transaction.
 
     If that transaction fails, each row is retried in a transaction of its own, so one
-    offending row is reported (``column "-"``) and the others are written.
+    offending row is reported (``column "-"``) and the others are written. After the
+    commit, a verify operation is queued for each imported secret stored as a candidate.
     """
     from . import db
 
@@ -1053,51 +1367,60 @@ def write_rows(rows: Sequence[ImportRow], engine: Engine | None = None, source: 
         return ChunkOutcome()
     try:
         with engine.begin() as conn:
-            return _write(conn, rows, source, box)
+            out = _write(conn, rows, source, box)
     except sa.exc.DBAPIError:
-        pass
-    out = ChunkOutcome(isolated=True)
-    for r in rows:
-        try:
-            with engine.begin() as conn:
-                out.add(_write(conn, [r], source, box))
-        except sa.exc.DBAPIError as exc:
-            out.errors.append(RowError(r.row, "-", _store_reason(exc)))
+        out = ChunkOutcome(isolated=True)
+        for r in rows:
+            try:
+                with engine.begin() as conn:
+                    out.add(_write(conn, [r], source, box))
+            except sa.exc.DBAPIError as exc:
+                out.errors.append(RowError(r.row, "-", _store_reason(exc)))
+    _queue_verifies(engine, out.verify_ids, actor)
     return out
 
 
-def error_file_for(path: str | Path) -> Path:
-    """``<dir>/<stem>.errors.csv`` beside the input."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.errors.csv")
+def _queue_verifies(engine: Engine, credential_ids: list[int], actor: str) -> None:
+    """A verify per candidate secret. Should this fail, the candidate still waits: any later
+    verify of the credential (the password check robot's) tries it."""
+    if not credential_ids:
+        return
+    from . import queue
+
+    queue.enqueue_many(engine, [dict(kind="verify", credential_id=cid, priority=100,
+                                     reason="verify an imported password before adopting it",
+                                     parameters={"candidate": True})
+                                for cid in credential_ids], requested_by=f"import:{actor}")
+
+
+def error_file_for(path: str | Path, now: datetime | None = None) -> Path:
+    """``<data dir>/import-errors/<UTC timestamp>-<input stem>.errors.csv``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem)[:80].strip("._") or "import"
+    stamp = (now or utcnow()).strftime("%Y%m%dT%H%M%S.%fZ")
+    return errors_dir() / f"{stamp}-{stem}.errors.csv"
 
 
 def write_error_file(path: str | Path, errors: list[RowError]) -> str | None:
-    """Write the rejected rows beside the input; remove a stale one when there are none.
+    """Write the rejected rows to pamflow's own error directory (never beside the input).
 
-    Falls back to ``<data dir>/import-errors/`` when the input's directory is read-only.
+    The file is created new (never an existing one, never through a symlink), mode 0600.
     """
-    target = error_file_for(path)
     if not errors:
-        target.unlink(missing_ok=True)
         return None
-
-    def dump(where: Path) -> None:
-        with where.open("w", newline="", encoding="utf-8") as fh:
+    for _attempt in range(5):
+        target = error_file_for(path)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+        except FileExistsError:
+            target = target.with_name(f"{secrets.token_hex(3)}-{target.name}")
+            continue
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             out = csv.writer(fh)
             out.writerow(["row", "column", "reason"])
             out.writerows((e.row, e.column, e.reason) for e in errors)
-
-    try:
-        dump(target)
-    except OSError:
-        from .config import data_dir
-
-        fallback = data_dir() / "import-errors"
-        fallback.mkdir(parents=True, exist_ok=True)
-        target = fallback / target.name
-        dump(target)
-    return str(target)
+        return str(target)
+    raise OSError("could not create a new error file")
 
 
 def finish_import(sheet: Sheet, outcome: ChunkOutcome, engine: Engine | None = None,
@@ -1114,14 +1437,18 @@ def finish_import(sheet: Sheet, outcome: ChunkOutcome, engine: Engine | None = N
         credentials_created=outcome.credentials_created,
         credentials_updated=outcome.credentials_updated, errors=errors,
         error_file=write_error_file(sheet.path, errors), ignored_columns=sheet.ignored_columns,
+        tenant=sheet.tenant, imports_to_verify=len(outcome.verify_ids),
     )
     figures = {k: v for k, v in result.summary().items() if k not in ("path", "ignored_columns")}
     name = Path(sheet.path).name
     with db.session(engine) as s:
         audit.record(s, actor, "import", "import_file", name, {"path": sheet.path, **figures})
-        body = (f"Import of {name} ({sheet.format}) finished: {result.rows} rows, "
-                f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
-                f"{result.rejected} rejected.")
+        body = (f"Import of {name} ({sheet.format}) for tenant {sheet.tenant} finished: "
+                f"{result.rows} rows, {result.created} created, {result.updated} updated, "
+                f"{result.unchanged} unchanged, {result.rejected} rejected.")
+        if result.imports_to_verify:
+            body += (f"\n{result.imports_to_verify} imported password(s) differ from the recorded "
+                     "ones: each is adopted only after a verify logs in with it.")
         if result.error_file:
             body += f"\nRejected rows are listed in {result.error_file}."
         notifications.queue(s, "Batch import finished", f"Batch import finished: {name}", body,
@@ -1131,27 +1458,30 @@ def finish_import(sheet: Sheet, outcome: ChunkOutcome, engine: Engine | None = N
 
 
 def record_failed_import(path: str | Path, reason: str, engine: Engine | None = None,
-                         actor: str = "batch-import") -> None:
+                         actor: str = "batch-import", tenant: str | None = None) -> None:
     """Audit and notify an import whose file was refused as a whole (nothing was written)."""
     from . import audit, db, notifications
 
-    name = Path(path).name
+    shown = os.fspath(path).replace("\x00", "\\x00")[:4096]  # no NUL into text columns
+    name = Path(shown).name[:200] or "(no name)"
     with db.session(engine) as s:
         audit.record(s, actor, "import_failed", "import_file", name,
-                     {"path": str(path), "reason": reason})
+                     {"path": shown, "tenant": tenant, "reason": reason})
         notifications.queue(s, "Batch import finished", f"Batch import failed: {name}",
                             f"Import of {name} failed, nothing was imported: {reason}",
-                            {"file": name, "failed": True})
+                            {"file": name, "failed": True, "tenant": tenant})
         s.commit()
 
 
 def import_file(path: str | Path, engine: Engine | None = None, chunk_size: int = CHUNK_SIZE,
-                actor: str = "batch-import", source: str = "import") -> ImportResult:
-    """Read, validate and upsert a whole file (what the robot does, without Prefect)."""
-    sheet = read_sheet(path)
+                actor: str = "batch-import", source: str = "import", tenant: str = "default",
+                base: Path | None = None) -> ImportResult:
+    """Read, validate and upsert a whole file of the upload directory for ``tenant`` (what
+    the robot does, without Prefect)."""
+    sheet = read_sheet(path, tenant, base)
     total = ChunkOutcome()
     for chunk in sheet.chunks(chunk_size):
-        total.add(write_rows(chunk, engine, source))
+        total.add(write_rows(chunk, engine, source, actor=actor))
     return finish_import(sheet, total, engine, actor)
 
 

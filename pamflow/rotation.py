@@ -75,7 +75,7 @@ from .models import (
 from .passwords import PasswordPolicy, at_floor
 from .targets import DEFAULT_PORTS, get_target, protocol_for
 from .targets.base import Change, Endpoint, Login, PasswordTarget, TargetError, Unreachable
-from .vault import Vault, VaultError, vault
+from .vault import Vault, VaultError, credential_aad, vault
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +293,9 @@ def load(ctx: Context, ops: Sequence[Operation]) -> tuple[list[Work], list[Probl
                 if dev.reconcile_credential_id:
                     reconciler = _login(v, creds.get(dev.reconcile_credential_id), dev,
                                         "reconcile")
-                current = v.decrypt(cred.secret) if cred.secret else None
-                pending = v.decrypt(cred.pending_secret) if cred.pending_secret else None
+                current = v.decrypt(cred.secret, _aad(cred, "secret")) if cred.secret else None
+                pending = (v.decrypt(cred.pending_secret, _aad(cred, "pending"))
+                           if cred.pending_secret else None)
             except (TargetError, VaultError) as exc:
                 problems.append(Problem(op, f"{op.kind} of account {cred.username} on device "
                                             f"{dev.name} failed at step load: {exc}", dev.name,
@@ -338,7 +339,11 @@ def _login(v: Vault, cred: Credential | None, dev: Device, role: str) -> Login:
     if cred is None or not cred.secret:
         raise TargetError(f"the {role} credential of the device is missing or has no password",
                           device=dev.name, step="load")
-    return Login(cred.username, v.decrypt(cred.secret))
+    return Login(cred.username, v.decrypt(cred.secret, _aad(cred, "secret")))
+
+
+def _aad(cred: Credential, field: str) -> bytes:
+    return credential_aad(cred.id, cred.device_id, field)
 
 
 # ----------------------------------------------------------------------------- store writes
@@ -512,31 +517,37 @@ def _clear_pending(cred: Credential) -> None:
     cred.pending_since = None
 
 
-def _set_aside(db: Session, cred: Credential, now: datetime) -> None:
+def _set_aside(db: Session, cred: Credential, box: Vault, now: datetime) -> None:
     """Drop an unconfirmed pending secret into the history instead of forgetting it.
 
     Reconciliation found that it does not log in, so it is not the password now; but an
-    executor that lost its lease might still have been applying it. Kept (encrypted) and
-    tried again by reconciliation, it can never become a lost password.
+    executor that lost its lease might still have been applying it. Kept (re-sealed for
+    the history field) and tried again by reconciliation, it can never become a lost
+    password.
     """
     if cred.pending_secret:
-        db.add(CredentialHistory(credential_id=cred.id, version=cred.secret_version + 1,
-                                 secret=cred.pending_secret, retired_at=now,
-                                 reason=f"{UNCONFIRMED} of operation {cred.pending_operation_id}"))
+        db.add(CredentialHistory(
+            credential_id=cred.id, version=cred.secret_version + 1,
+            secret=box.reseal(cred.pending_secret, _aad(cred, "pending"), _aad(cred, "history")),
+            retired_at=now, reason=f"{UNCONFIRMED} of operation {cred.pending_operation_id}"))
     _clear_pending(cred)
 
 
-def _retire_current(db: Session, cred: Credential, reason: str, now: datetime) -> None:
+def _retire_current(db: Session, cred: Credential, box: Vault, reason: str, now: datetime) -> None:
+    """The current secret goes to history (re-sealed for the history field)."""
     if cred.secret:
         db.add(CredentialHistory(credential_id=cred.id, version=cred.secret_version,
-                                 secret=cred.secret, retired_at=now, reason=reason))
+                                 secret=box.reseal(cred.secret, _aad(cred, "secret"),
+                                                   _aad(cred, "history")),
+                                 retired_at=now, reason=reason))
 
 
-def _promote(db: Session, cred: Credential, reason: str, now: datetime) -> None:
-    """Pending becomes current; the previous current goes to history."""
-    _retire_current(db, cred, reason, now)
-    cred.secret = cred.pending_secret
+def _promote(db: Session, cred: Credential, reason: str, now: datetime, box: Vault) -> None:
+    """Pending becomes current; the previous current goes to history; a candidate is void."""
+    _retire_current(db, cred, box, reason, now)
+    cred.secret = box.reseal(cred.pending_secret, _aad(cred, "pending"), _aad(cred, "secret"))
     cred.secret_version += 1
+    cred.candidate_secret = None
     _clear_pending(cred)
     _mark_ok(cred, now)
     cred.last_changed_at = now
@@ -591,7 +602,7 @@ def _try_secrets(ctx: Context, w: Work) -> str:
         return "pending"
     for n, cipher in enumerate(w.unconfirmed):
         try:
-            secret = ctx.vault.decrypt(cipher)
+            secret = ctx.vault.decrypt(cipher, _aad_of(w, "history"))
         except VaultError:
             continue
         if secret not in (w.pending, w.current) and _verify(ctx, w, secret):
@@ -657,19 +668,20 @@ def settle(ctx: Context, works: Sequence[Work]) -> dict[int, str]:
             used_pending = res == "pending" or (res == "reconcile" and w.pending)
             if used_pending and cred.pending_secret:
                 _close_earlier_change(db, cred.pending_operation_id, w.op_id, now)
-                _promote(db, cred, f"reconciled by operation {w.op_id}", now)
+                _promote(db, cred, f"reconciled by operation {w.op_id}", now, ctx.vault)
                 cred.status_detail = ("pending password confirmed by reconciliation"
                                       if res == "pending" else
                                       "pending password set through the reconcile account")
             elif res.startswith("unconfirmed:"):
-                _set_aside(db, cred, now)
-                _retire_current(db, cred, f"reconciled by operation {w.op_id}", now)
-                cred.secret = w.unconfirmed[int(res.split(":")[1])]
+                _set_aside(db, cred, ctx.vault, now)
+                _retire_current(db, cred, ctx.vault, f"reconciled by operation {w.op_id}", now)
+                cred.secret = ctx.vault.reseal(w.unconfirmed[int(res.split(":")[1])],
+                                               _aad(cred, "history"), _aad(cred, "secret"))
                 cred.secret_version += 1
                 cred.last_changed_at = now
                 _mark_ok(cred, now, "a password set aside as unconfirmed logs in: recorded")
             elif res in ("current", "reconcile"):
-                _set_aside(db, cred, now)
+                _set_aside(db, cred, ctx.vault, now)
                 _mark_ok(cred, now, "recorded password confirmed by reconciliation"
                          if res == "current" else
                          "recorded password set through the reconcile account")
@@ -748,7 +760,8 @@ def run_changes(ctx: Context, ops: Sequence[Operation]) -> None:
                 done.append(w)  # this very change had been applied before the crash
             else:
                 if res.startswith("unconfirmed:"):
-                    w.current = ctx.vault.decrypt(w.unconfirmed[int(res.split(":")[1])])
+                    w.current = ctx.vault.decrypt(w.unconfirmed[int(res.split(":")[1])],
+                                                  _aad_of(w, "history"))
                 elif res in ("pending", "reconcile") and w.pending:
                     w.current = w.pending
                 w.pending = w.pending_cipher = None
@@ -819,7 +832,8 @@ def _store_pending(ctx: Context, works: list[Work]) -> list[Work]:
                     w.new = w.current  # activation puts the recorded password on the target
                 else:
                     w.new = ctx.policy(db, w.policy).generate()
-                cipher = ctx.vault.encrypt(w.new)
+                cipher = ctx.vault.encrypt(w.new, credential_aad(w.credential_id, w.device_id,
+                                                                 "pending"))
             except Exception as exc:  # noqa: BLE001 - policy/vault errors, per account
                 bad.append((w, f"{w.kind} of {w.where('generate')} failed: "
                                f"{_describe(exc, w.secrets)}", False, "generate"))
@@ -963,7 +977,7 @@ def _finish_changes(ctx: Context, works: Sequence[Work], recovered: bool = False
             if op is None or cred is None:
                 continue
             if cred.pending_secret and cred.pending_operation_id == w.op_id:
-                _promote(db, cred, f"{w.kind} operation {w.op_id}", now)
+                _promote(db, cred, f"{w.kind} operation {w.op_id}", now, ctx.vault)
                 db.add(cred)
             opqueue.mark_succeeded(db, op, {"recovered": recovered,
                                             "secret_version": cred.secret_version},
@@ -995,6 +1009,7 @@ def run_verifies(ctx: Context, ops: Sequence[Operation]) -> None:
     if ctx.stopping():
         _release(ctx, works, "the executor stopped before the check started")
         return
+    works = verify_candidates(ctx, works)
     unsettled = [w for w in works if w.pending or w.status == CredentialStatus.unverified]
     if unsettled:
         _close_settled(ctx, unsettled, settle(ctx, unsettled))
@@ -1046,6 +1061,114 @@ def run_verifies(ctx: Context, ops: Sequence[Operation]) -> None:
                                  "operation_ids": [w.op_id for w in confirmed][:500]})
         db.commit()
     _fail_works(ctx, failures)
+
+
+def verify_candidates(ctx: Context, works: Sequence[Work]) -> list[Work]:
+    """Try the imported (candidate) secret of each credential that has one; the rest is returned.
+
+    An import never writes a secret over a recorded one: it stores a *candidate* and
+    queues a verify. Here the candidate is tried by logging in with it, and only that:
+
+    - it logs in: it becomes the recorded secret (the previous one goes to history,
+      reason "import verified"), status ok;
+    - it is refused: it is dropped; the credential keeps its secret and status, and an
+      "Invalid password" notification says the imported password was refused;
+    - the target cannot tell (unreachable...): the candidate stays, the operation fails
+      retryable;
+    - the credential is not ok or has a change in progress: the candidate is dropped
+      untried (reconciliation settles the credential from what it recorded).
+
+    The reconcile and admin accounts are never used: a candidate is never put on a target.
+    """
+    ids = [w.credential_id for w in works]
+    if not ids:
+        return list(works)
+    with Session(ctx.engine) as db:
+        tokens = dict(db.exec(select(Credential.id, Credential.candidate_secret).where(
+            Credential.id.in_(ids), Credential.candidate_secret.is_not(None))).all())
+    if not tokens:
+        return list(works)
+    rest = [w for w in works if w.credential_id not in tokens]
+    tries: list[tuple[Work, str]] = []
+    untried: list[tuple[Work, str]] = []
+    broken: list[tuple] = []
+    for w in works:
+        if w.credential_id not in tokens:
+            continue
+        if w.pending or w.status != CredentialStatus.ok:
+            busy = " with a password change in progress" if w.pending else ""
+            untried.append((w, f"the credential is {w.status}{busy}"))
+            continue
+        try:
+            tries.append((w, ctx.vault.decrypt(tokens[w.credential_id], _aad_of(w, "candidate"))))
+        except VaultError as exc:
+            broken.append((w, f"verify of the imported password of {w.where('load')} failed: {exc}",
+                           False, "load"))
+    candidates = {w.op_id: c for w, c in tries}
+    results = _parallel(ctx, [w for w, _ in tries], lambda w: _verify(ctx, w, candidates[w.op_id]))
+    failures: list[tuple] = []
+    now = utcnow()
+    with Session(ctx.engine, expire_on_commit=False) as db:
+        creds = _credentials(db, [w.credential_id for w, _ in tries + untried])
+        held = opqueue.held_many(db, [w.op_id for w, _ in tries + untried], ctx.owner)
+        for (w, candidate), res in zip(tries, results, strict=True):
+            if isinstance(res, BaseException):
+                failures.append((w, f"verify of the imported password of {w.where('verify')} is "
+                                    f"inconclusive: {_describe(res, [*w.secrets, candidate])}; it "
+                                    "is tried again later", False, "verify", True))
+                continue
+            cred, op = creds.get(w.credential_id), held.get(w.op_id)
+            outcome = "superseded"
+            if cred is not None and cred.candidate_secret == tokens[w.credential_id]:
+                outcome = "adopted" if res else "refused"
+                if res:
+                    _retire_current(db, cred, ctx.vault, "import verified", now)
+                    cred.secret = ctx.vault.encrypt(candidate, _aad(cred, "secret"))
+                    cred.secret_version += 1
+                    cred.last_changed_at = now
+                    cred.reminder_sent_at = None
+                    if cred.change_interval_days:
+                        cred.expires_at = now + timedelta(days=cred.change_interval_days)
+                    _mark_ok(cred, now, "imported password verified by logging in")
+                    notifications.queue(db, "Password changed",
+                                        f"Password changed: {w.username} on {w.device}",
+                                        f"The imported password of {w.username} on {w.device} "
+                                        "logs in; it is now the recorded password (the previous "
+                                        "one is kept in history).", w.context())
+                else:
+                    cred.updated_at = now
+                    notifications.queue(db, "Invalid password",
+                                        f"Invalid password: imported password of {w.username} on "
+                                        f"{w.device}",
+                                        f"The password imported for {w.username} on {w.device} "
+                                        "was refused by the target; it was discarded and the "
+                                        "recorded password is kept.", w.context())
+                cred.candidate_secret = None
+                db.add(cred)
+                audit.record(db, ctx.actor, f"credential.import_{outcome}", "credential",
+                             w.credential_id, {**w.context(), "secret_version": cred.secret_version})
+            if op is not None:
+                opqueue.mark_succeeded(db, op, {"imported_password": outcome}, step="verified")
+        for w, why in untried:
+            cred, op = creds.get(w.credential_id), held.get(w.op_id)
+            if cred is not None and cred.candidate_secret == tokens[w.credential_id]:
+                cred.candidate_secret = None
+                cred.updated_at = now
+                db.add(cred)
+            error = (f"verify of {w.where('verify')}: the imported password was discarded "
+                     f"untried: {why}")
+            if op is not None:
+                opqueue.mark_failed(db, op, error, result={"imported_password": "discarded"})
+            _notify_failure(db, w.kind, w.context(), error)
+            audit.record(db, ctx.actor, "credential.import_discarded", "credential",
+                         w.credential_id, {**w.context(), "reason": why})
+        db.commit()
+    _fail_works(ctx, failures + broken)
+    return rest
+
+
+def _aad_of(w: Work, field: str) -> bytes:
+    return credential_aad(w.credential_id, w.device_id, field)
 
 
 def run_reconciles(ctx: Context, ops: Sequence[Operation]) -> None:
@@ -1334,4 +1457,4 @@ def process_reservations(engine: Engine, *, now: datetime | None = None,
 __all__ = ["FAULT_ENV", "HANDLERS", "STEPS", "Context", "Work", "checkpoint", "due_at", "load",
            "needs_settling", "process_reservations", "queue_change_reminders",
            "queue_due_changes", "queue_password_checks", "recover", "run_changes",
-           "run_reconciles", "run_verifies", "settle"]
+           "run_reconciles", "run_verifies", "settle", "verify_candidates"]

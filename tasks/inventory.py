@@ -18,15 +18,17 @@ _OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="read-spreadsheet", task_run_name="read {path}", **_OPTS)
-def read_spreadsheet(path: str) -> Sheet:
-    """Parse and validate the whole file; an unreadable file fails the task, writing nothing."""
-    return importer.read_sheet(path)
+def read_spreadsheet(path: str, tenant: str) -> Sheet:
+    """Parse and validate the whole file of the upload directory for ``tenant``; an unreadable
+    file (or one outside the upload directory) fails the task, writing nothing."""
+    return importer.read_sheet(path, tenant)
 
 
 @task(name="import-rows", task_run_name="import rows {label}", retries=1, retry_delay_seconds=2,
       **_OPTS)
 def import_rows(rows: list[ImportRow], label: str) -> ChunkOutcome:
-    """Upsert one chunk of validated rows in one transaction (row by row if it fails).
+    """Upsert one chunk of validated rows in one transaction (row by row if it fails);
+    queue a verify for each imported secret that differs from a recorded one.
 
     A retry is safe: the upsert is idempotent.
     """
@@ -35,11 +37,11 @@ def import_rows(rows: list[ImportRow], label: str) -> ChunkOutcome:
 
 @task(name="finish-import", **_OPTS)
 def finish_import(sheet: Sheet, outcome: ChunkOutcome) -> ImportResult:
-    """Error file beside the input, audit record, "Batch import finished" notification."""
+    """Error file (in the data directory), audit record, "Batch import finished" notification."""
     return importer.finish_import(sheet, outcome)
 
 
 @task(name="record-failed-import", **_OPTS)
-def record_failed_import(path: str, reason: str) -> None:
+def record_failed_import(path: str, reason: str, tenant: str | None = None) -> None:
     """Audit and notify an import whose file could not be read at all."""
-    importer.record_failed_import(path, reason)
+    importer.record_failed_import(path, reason, tenant=tenant)

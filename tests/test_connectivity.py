@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from pamflow import connectivity
 from pamflow.connectivity import Target, check_devices, probe, prober
 from pamflow.models import AuditLog, Credential, Device, Notification, utcnow
-from pamflow.vault import vault
+from pamflow.vault import credential_aad, vault
 
 
 def listening() -> socket.socket:
@@ -387,8 +387,13 @@ def test_flow_against_the_prefect_server(prefect_server, prefect_client_sync, st
     add_device(store, "dead", "127.0.0.3", [closed_port])
     add_device(store, "ghost", "no-such-host.invalid", [22])
     add_device(store, "portless", "127.0.0.4", [])
+    vault()  # opened before the session holds SQLite's write lock
     with Session(store) as db:
-        db.add(Credential(device_id=bastion, username="root", secret=vault().encrypt(secret)))
+        cred = Credential(device_id=bastion, username="root")
+        db.add(cred)
+        db.flush()
+        cred.secret = vault().encrypt(secret, credential_aad(cred.id, bastion, "secret"))
+        db.add(cred)
         db.commit()
         ciphertext = db.exec(select(Credential.secret)).one()
 

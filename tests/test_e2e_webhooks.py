@@ -51,7 +51,10 @@ class Platform:
         store_home = tmp / "pamflow"
         store_home.mkdir()
         self.db_url = f"sqlite:///{store_home / 'pamflow.db'}"
+        self.uploads = tmp / "uploads"  # the workers read spreadsheets from here only
+        self.uploads.mkdir()
         self.env = {
+            "PAMFLOW_UPLOAD_DIR": str(self.uploads),
             "PAMFLOW_HOME": str(store_home),
             "PAMFLOW_DATABASE_URL": self.db_url,
             "PAMFLOW_MASTER_KEY": os.environ["PAMFLOW_MASTER_KEY"],
@@ -189,7 +192,7 @@ def test_webhooks_start_the_batch_import_end_to_end(e2e, tmp_path):
         return httpx.post(f"{e2e.gateway_url}/hooks/{source}", content=body, headers=headers, timeout=30)
 
     # ---- 1. a signed pam.import.uploaded starts the robot, which imports the sheet --------
-    sheet = write_sheet(tmp_path / "first.csv", "10.71.0", 5)
+    sheet = write_sheet(e2e.uploads / "first.csv", "10.71.0", 5)
     body = json.dumps({"path": str(sheet)}).encode()
     first_headers = signed_headers(secret, "uploaded", body)
     resp = send(body, first_headers)
@@ -199,7 +202,7 @@ def test_webhooks_start_the_batch_import_end_to_end(e2e, tmp_path):
     run = wait_for(lambda: [r for r in e2e.robot_runs(robot_id) if r["state_type"] in TERMINAL],
                    180, "the batch import run to finish")[0]
     assert run["state_type"] == "COMPLETED", run["state"]
-    assert run["parameters"] == {"path": str(sheet)}
+    assert run["parameters"] == {"path": str(sheet), "tenant": "default"}
     assert devices(e2e.db_url, "10.71.0") == {f"10.71.0.{i}" for i in range(1, 6)}
     events = e2e.pam_events()
     assert [e["id"] for e in events] == [event_id]
@@ -230,7 +233,7 @@ def test_webhooks_start_the_batch_import_end_to_end(e2e, tmp_path):
     # ---- 3. Prefect down: three calls accepted; back up: exactly three runs ----------------
     e2e.stop_worker()
     e2e.stop_server()
-    sheets = [write_sheet(tmp_path / f"outage-{n}.csv", f"10.72.{n}", 3) for n in range(3)]
+    sheets = [write_sheet(e2e.uploads / f"outage-{n}.csv", f"10.72.{n}", 3) for n in range(3)]
     accepted = []
     for path in sheets:
         body = json.dumps({"path": str(path)}).encode()

@@ -214,9 +214,9 @@ def test_wrong_admin_password(store, sshd):
     wrong = nasty("wrong")
     with Session(store) as db:
         admin = db.get(Credential, dev.admin_credential_id)
-        from pamflow.vault import vault
+        from tests.test_rotation import seal
 
-        admin.secret = vault().encrypt(wrong)
+        admin.secret = seal(admin, wrong)
         db.add(admin)
         db.commit()
     pw = nasty("acct")

@@ -13,20 +13,34 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from pamflow import db, importer
+from pamflow.config import data_dir
 from pamflow.importer import ImportFileError
-from pamflow.models import AuditLog, Credential, CredentialHistory, Device, Notification
-from pamflow.vault import vault
+from pamflow.models import AuditLog, Credential, CredentialHistory, Device, Notification, Operation
+from pamflow.vault import credential_aad, vault
 
 HEADER = ["Name", "Address", "Platform", "Ports", "Site", "Tenant", "Change Protocol", "Username",
           "Password", "Kind", "Change_Interval_Days"]
 GOOD = [
     ["web1", "10.0.0.1", "linux", "22", "lab", "", "ssh", "root", "Root#Secret-1", "local", "90"],
     ["web1", "10.0.0.1", "linux", "22", "lab", "", "ssh", "deploy", "Deploy#Secret-2", "service", ""],
-    ["dc1", "dc1.corp.example", "windows", "5985;3389", "hq", "acme", "winrm", "Administrator",
+    ["dc1", "dc1.corp.example", "windows", "5985;3389", "hq", "default", "winrm", "Administrator",
      "Adm1n#Secret-3", "domain", "30"],
     ["sw1", "2001:DB8::10", "network", "22,443", "", "", "", "", "", "", ""],
 ]
 SECRETS = ["Root#Secret-1", "Deploy#Secret-2", "Adm1n#Secret-3"]
+
+
+@pytest.fixture(autouse=True)
+def _uploads(tmp_path, monkeypatch):
+    """Each test's files are written in ``tmp_path``, its upload directory."""
+    monkeypatch.setenv("PAMFLOW_UPLOAD_DIR", str(tmp_path))
+    monkeypatch.setenv("PAMFLOW_EMIT_EVENTS", "0")
+
+
+def opened(cred, field="secret"):
+    """A credential's secret, decrypted with the data binding it to its row."""
+    token = {"secret": cred.secret, "candidate": cred.candidate_secret}[field]
+    return vault().decrypt(token, credential_aad(cred.id, cred.device_id, field))
 
 
 def write_csv(path, rows, header=HEADER, delimiter=","):
@@ -77,12 +91,12 @@ def check_good_import(engine, result):
     d, c = creds[("10.0.0.1", "root")]
     assert (d.name, d.platform, d.ports, d.site, d.tenant, d.change_protocol, d.source) == (
         "web1", "linux", [22], "lab", "default", "ssh", "import")
-    assert c.secret != "Root#Secret-1" and vault().decrypt(c.secret) == "Root#Secret-1"
+    assert c.secret != "Root#Secret-1" and opened(c) == "Root#Secret-1"
     assert (c.kind, c.change_interval_days, c.secret_version) == ("local", 90, 1)
     assert c.expires_at is not None and c.expires_at > c.last_changed_at
     d, c = creds[("dc1.corp.example", "Administrator")]
-    assert (d.platform, d.ports, d.tenant, c.kind) == ("windows", [3389, 5985], "acme", "domain")
-    assert vault().decrypt(c.secret) == "Adm1n#Secret-3"
+    assert (d.platform, d.ports, d.tenant, c.kind) == ("windows", [3389, 5985], "default", "domain")
+    assert opened(c) == "Adm1n#Secret-3"
     with db.session(engine) as s:
         sw = s.exec(select(Device).where(Device.name == "sw1")).one()
         assert sw.address == "2001:db8::10" and sw.ports == [22, 443]
@@ -122,7 +136,7 @@ def test_good_xlsx_with_numeric_cells(store, tmp_path):
     # a numeric password cell is a password too
     path = write_xlsx(tmp_path / "num.xlsx", [["n", "10.9.9.9", "", "", "", "", "", "u", 123456]])
     assert importer.import_file(path, store).created == 1
-    assert vault().decrypt(credentials_by_user(store)[("10.9.9.9", "u")][1].secret) == "123456"
+    assert opened(credentials_by_user(store)[("10.9.9.9", "u")][1]) == "123456"
 
 
 def test_xlsx_shapes_inline_strings_booleans_gaps_and_other_sheets(store, tmp_path):
@@ -136,7 +150,7 @@ def test_xlsx_shapes_inline_strings_booleans_gaps_and_other_sheets(store, tmp_pa
     assert importer.import_file(tmp_path / "inline.xlsx", store).created == 1
     dev, cred = credentials_by_user(store)[("10.3.3.3", "svc")]
     assert (dev.ports, cred.auto_change) == ([2222], False)
-    assert vault().decrypt(cred.secret) == "Inline-Secret"
+    assert opened(cred) == "Inline-Secret"
     # blank rows and skipped cells: row numbers are the sheet's own
     wb = openpyxl.Workbook()
     ws = wb.active
@@ -205,18 +219,20 @@ def test_every_kind_of_bad_row(store, tmp_path):
     with db.session(store) as s:
         assert [d.address for d in s.exec(select(Device))] == ["10.1.0.1"]
         assert s.exec(select(sa.func.count()).select_from(Credential)).one() == 1
-    # the error file beside the input: row, column, reason; no secret in it
-    assert result.error_file == str(tmp_path / "bad.errors.csv")
-    text = (tmp_path / "bad.errors.csv").read_text()
+    # the error file in the data directory (never beside the input): row, column, reason;
+    # no secret in it
+    assert result.error_file.startswith(str(data_dir() / "import-errors") + "/")
+    assert result.error_file.endswith("-bad.errors.csv")
+    assert not list(tmp_path.glob("*.errors.csv"))
+    text = open(result.error_file).read()
     listed = list(csv.DictReader(io.StringIO(text)))
     assert listed[0].keys() == {"row", "column", "reason"}
     assert len(listed) == len(result.errors)
     assert "orphan-secret" not in text and "two\nlines" not in text and "Good-Secret" not in text
     assert "x" * 100 not in text
-    # fixing the file and importing again removes the stale error file
+    # fixing the file and importing again writes no error file
     write_csv(path, rows[:1], header=FULL_HEADER)
     assert importer.import_file(path, store).error_file is None
-    assert not (tmp_path / "bad.errors.csv").exists()
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n", b",,,\n", b"name,address,username\n"])
@@ -280,7 +296,7 @@ def test_huge_cell_is_refused_with_a_clear_reason(store, tmp_path):
     assert result.created == 2 and result.rejected == 2
     assert {(e.row, e.column) for e in result.errors} == {(3, "name"), (4, "secret")}
     assert all("over the 4,096-character limit" in e.reason for e in result.errors)
-    assert "PPPP" not in (tmp_path / "huge.errors.csv").read_text()
+    assert "PPPP" not in open(result.error_file).read()
 
 
 def test_duplicate_rows_in_one_file(store, tmp_path):
@@ -302,7 +318,7 @@ def test_duplicate_rows_in_one_file(store, tmp_path):
         (8, "address"): "duplicate of row 7: same tenant and address (no username)",
     }
     creds = credentials_by_user(store)
-    assert vault().decrypt(creds[("10.1.0.1", "root")][1].secret) == "Good-Secret-1"
+    assert opened(creds[("10.1.0.1", "root")][1]) == "Good-Secret-1"
     assert ("10.1.0.2", "oper") in creds and ("10.1.0.2", "admin") not in creds
 
 
@@ -322,27 +338,35 @@ def test_reimport_with_changes_updates_only_what_changed(store, tmp_path):
     importer.import_file(write_csv(tmp_path / "v1.csv", GOOD), store)
     before = credentials_by_user(store)
     rows = [list(r) for r in GOOD]
-    rows[0][8] = "Root#Secret-NEW"  # root's password changed
+    rows[0][8] = "Root#Secret-NEW"  # root's password differs: a candidate, verified before use
     rows[2][3] = "5985"  # dc1's ports changed
     rows[1][0] = ""  # an empty cell keeps the stored value
     rows[1][10] = "45"  # deploy's change interval alone: its expiry follows its last change
     result = importer.import_file(write_csv(tmp_path / "v2.csv", rows), store)
     assert (result.created, result.updated, result.unchanged) == (0, 3, 1), result.summary()
     assert (result.devices_updated, result.credentials_updated) == (1, 2)
+    assert result.imports_to_verify == 1
     after = credentials_by_user(store)
     old_root, new_root = before[("10.0.0.1", "root")][1], after[("10.0.0.1", "root")][1]
-    assert vault().decrypt(new_root.secret) == "Root#Secret-NEW" and new_root.secret_version == 2
-    assert new_root.updated_at > old_root.updated_at
+    # the recorded secret is untouched; the imported one waits as the candidate
+    assert (new_root.secret, new_root.secret_version) == (old_root.secret, 1)
+    assert opened(new_root, "candidate") == "Root#Secret-NEW"
     with db.session(store) as s:
-        hist = s.exec(select(CredentialHistory)).one()
-        assert (hist.credential_id, hist.version, hist.secret, hist.reason) == (
-            old_root.id, 1, old_root.secret, "import")
+        assert s.exec(select(CredentialHistory)).all() == []
+        [op] = s.exec(select(Operation)).all()
+        assert (op.kind, op.credential_id, op.state, op.parameters) == (
+            "verify", new_root.id, "queued", {"candidate": True})
     assert after[("dc1.corp.example", "Administrator")][0].ports == [5985]
     old_deploy, new_deploy = before[("10.0.0.1", "deploy")][1], after[("10.0.0.1", "deploy")][1]
     assert (new_deploy.secret, new_deploy.secret_version) == (old_deploy.secret, 1)
     assert new_deploy.change_interval_days == 45 and old_deploy.expires_at is None
     assert new_deploy.expires_at == old_deploy.last_changed_at + timedelta(days=45)
     assert after[("10.0.0.1", "root")][0].name == "web1"
+    # the same file again changes nothing: the candidate is the same secret
+    snap = snapshot(store)
+    again = importer.import_file(write_csv(tmp_path / "v2.csv", rows), store)
+    assert (again.updated, again.unchanged, again.imports_to_verify) == (0, 4, 0)
+    assert snapshot(store) == snap
 
 
 def test_a_row_whose_credential_part_is_bad_creates_no_device(store, tmp_path):
@@ -358,7 +382,8 @@ def test_a_credential_with_a_change_in_progress_is_refused_whole(store, tmp_path
     importer.import_file(write_csv(tmp_path / "v1.csv", GOOD), store)
     with db.session(store) as s:
         cred = s.exec(select(Credential).where(Credential.username == "root")).one()
-        cred.pending_secret = vault().encrypt("in-flight")
+        cred.pending_secret = vault().encrypt("in-flight", credential_aad(cred.id, cred.device_id,
+                                                                          "pending"))
         s.add(cred)
         s.commit()
     before = snapshot(store)
@@ -442,11 +467,12 @@ def test_flow_imports_and_publishes_artifacts_without_secrets(prefect_server, pr
     assert state.is_completed(), state
     summary = state.result()
     assert (summary["created"], summary["rejected"]) == (3, 2)
-    assert summary["error_file"] == str(tmp_path / "flow.errors.csv")
+    assert summary["error_file"].endswith("-flow.errors.csv")
+    assert not list(tmp_path.glob("*.errors.csv"))
     run_id = state.state_details.flow_run_id
 
     run = prefect_client_sync.read_flow_run(run_id)
-    assert run.parameters == {"path": str(path)}
+    assert run.parameters["path"] == str(path)
     artifacts = _artifacts(prefect_client_sync, run_id)
     kinds = {a.type: a for a in artifacts}
     assert {"progress", "markdown", "table"} <= set(kinds)
@@ -461,7 +487,7 @@ def test_flow_imports_and_publishes_artifacts_without_secrets(prefect_server, pr
     for i in range(1, 6):
         assert f"Flow-Secret-{i}" not in published
     creds = credentials_by_user(store)
-    assert vault().decrypt(creds[("10.1.0.2", "root")][1].secret) == "Flow-Secret-2"
+    assert opened(creds[("10.1.0.2", "root")][1]) == "Flow-Secret-2"
 
 
 def test_flow_error_table_is_capped(prefect_server, prefect_client_sync, store, tmp_path):

@@ -30,7 +30,7 @@ from pamflow.models import (
 )
 from pamflow.rotation import recover
 from pamflow.targets import reset_targets
-from pamflow.vault import vault
+from pamflow.vault import credential_aad, vault
 
 pytestmark = pytest.mark.usefixtures("needs_sshd")  # fails, never skips, without root/sshd
 
@@ -67,6 +67,7 @@ def make_device(engine, sshd, *, admin: bool = True, name: str | None = None, po
     """A linux device on the sshd with an admin (sudo chpasswd) credential; returns (device,
     {role: (username, password)})."""
     accounts = {}
+    vault()  # opened before the session holds SQLite's write lock
     with Session(engine, expire_on_commit=False) as db:
         dev = Device(name=name or f"srv-{secrets.token_hex(3)}", address="127.0.0.1",
                      ports=[port or sshd.port], platform="linux", settings=settings or {})
@@ -77,8 +78,10 @@ def make_device(engine, sshd, *, admin: bool = True, name: str | None = None, po
                 continue
             pw = nasty(role)
             user = sshd.add_account(pw, sudo_chpasswd=True)
-            cred = Credential(device_id=dev.id, username=user, secret=vault().encrypt(pw),
-                              auto_change=False)
+            cred = Credential(device_id=dev.id, username=user, auto_change=False)
+            db.add(cred)
+            db.flush()
+            cred.secret = seal(cred, pw)
             db.add(cred)
             db.commit()
             setattr(dev, f"{role}_credential_id", cred.id)
@@ -91,14 +94,27 @@ def make_device(engine, sshd, *, admin: bool = True, name: str | None = None, po
 
 def add_credential(engine, device: Device, username: str, password: str | None,
                    policy: str = "default", **kw) -> Credential:
+    vault()  # opened before the session holds SQLite's write lock
     with Session(engine, expire_on_commit=False) as db:
-        cred = Credential(device_id=device.id, username=username,
-                          secret=vault().encrypt(password) if password else None, policy=policy,
-                          **kw)
+        cred = Credential(device_id=device.id, username=username, policy=policy, **kw)
+        db.add(cred)
+        db.flush()
+        cred.secret = seal(cred, password) if password else None
         db.add(cred)
         db.commit()
         db.refresh(cred)
         return cred
+
+
+def seal(cred: Credential, secret: str, field: str = "secret") -> str:
+    """``secret`` encrypted for ``cred``'s ``field`` (bound to its id and device)."""
+    return vault().encrypt(secret, credential_aad(cred.id, cred.device_id, field))
+
+
+def opened(cred: Credential, field: str = "secret") -> str:
+    token = {"secret": cred.secret, "pending": cred.pending_secret,
+             "candidate": cred.candidate_secret}[field]
+    return vault().decrypt(token, credential_aad(cred.id, cred.device_id, field))
 
 
 def ssh_login(port: int, username: str, password: str) -> bool:
@@ -127,7 +143,7 @@ def recorded(engine, cred_id: int) -> Credential:
 
 
 def secret_of(engine, cred_id: int) -> str:
-    return vault().decrypt(recorded(engine, cred_id).secret)
+    return opened(recorded(engine, cred_id))
 
 
 def stored_texts(engine) -> str:
@@ -188,7 +204,8 @@ def test_change_rotates_real_accounts_with_nasty_passwords(store, sshd, caplog):
     assert logins(sshd.port, [(u, olds[c.id][1]) for u, c in zip(users, creds, strict=True)]) == [False] * 4
     with Session(store) as db:
         hist = db.exec(select(CredentialHistory)).all()
-        assert {vault().decrypt(h.secret) for h in hist} == {pw for _u, pw in olds.values()}
+        assert {vault().decrypt(h.secret, credential_aad(h.credential_id, dev.id, "history"))
+            for h in hist} == {pw for _u, pw in olds.values()}
     ops = operations(store)
     assert all(o.state == "succeeded" and o.step == "promoted" and o.attempts == 1 for o in ops)
     assert len(notifications_of(store, "Change Executed")) == 4
@@ -247,7 +264,8 @@ def test_reconcile_tries_pending_then_current_then_reconcile_account(store, sshd
     with Session(store) as db:
         for cid, pending in ((c1.id, new1), (c2.id, new2), (c3.id, new3)):
             cred = db.get(Credential, cid)
-            cred.pending_secret = v.encrypt(pending)
+            cred.pending_secret = v.encrypt(pending, credential_aad(cred.id, cred.device_id,
+                                                                    "pending"))
             db.add(cred)
         db.commit()
 

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from pamflow import queue
 from pamflow.executor import drain
 from pamflow.models import Credential, CredentialStatus, Device
-from pamflow.vault import vault
+from pamflow.vault import credential_aad, vault
 from tests.fixtures.winrm import ADMIN, ADMIN_PASSWORD
 from tests.test_rotation import (  # noqa: F401  (autouse fixture)
     _quiet_events,
@@ -33,13 +33,16 @@ from tests.test_rotation import (  # noqa: F401  (autouse fixture)
 
 def _device_with_admin(engine, *, name, platform, port, settings, admin_user, admin_pw,
                        address="127.0.0.1") -> Device:
+    vault()  # opened before the session holds SQLite's write lock
     with Session(engine, expire_on_commit=False) as db:
         dev = Device(name=name, address=address, ports=[port], platform=platform,
                      settings=settings)
         db.add(dev)
         db.commit()
-        admin = Credential(device_id=dev.id, username=admin_user,
-                           secret=vault().encrypt(admin_pw), auto_change=False)
+        admin = Credential(device_id=dev.id, username=admin_user, auto_change=False)
+        db.add(admin)
+        db.flush()
+        admin.secret = vault().encrypt(admin_pw, credential_aad(admin.id, dev.id, "secret"))
         db.add(admin)
         db.commit()
         dev.admin_credential_id = admin.id

@@ -85,7 +85,7 @@ def test_signed_call_is_written_to_the_outbox_and_answered_202(gateway, store, s
     [row] = rows(store)
     assert row["event_id"] == answer["event_id"]
     assert (row["source"], row["delivery_id"], row["event"]) == ("import", "d-1", "pam.import.uploaded")
-    assert row["payload"] == {"path": "/data/uploads/devices.csv"}
+    assert row["payload"] == {"path": "/data/uploads/devices.csv", "tenant": "default"}
     assert row["delivered_at"] is None  # Prefect is unreachable: it waits in the outbox
     health = gateway.client.get("/health").json()
     assert health["status"] == "ok" and health["accepted"] == 1
@@ -220,7 +220,7 @@ def test_operation_queued_schema(store):
         for body, status in [(b'{"operation_id": 12}', 202), (b'{"operation_id": "12"}', 422),
                              (b'{"operation_id": true}', 422), (b"{}", 422)]:
             assert gw.post("operation", body, signed_headers(secret, "queued", body)).status_code == status
-    assert [r["payload"] for r in rows(store)] == [{"operation_id": 12}]
+    assert [r["payload"] for r in rows(store)] == [{"operation_id": 12, "tenant": "default"}]
 
 
 def test_rotation_refuses_the_old_secret_and_accepts_the_new_at_once(gateway, store, secret):
@@ -372,7 +372,7 @@ def test_outbox_forwards_to_prefect_once_it_is_reachable(store, secret, prefect_
         event = by_id[event_id]
         assert event["event"] == "pam.import.uploaded"
         assert event["resource"]["prefect.resource.id"] == f"pam.import.x{i}"
-        assert event["payload"] == {"path": f"/up/{i}.csv"}
+        assert event["payload"] == {"path": f"/up/{i}.csv", "tenant": "default"}
         assert secret not in json.dumps(event)
     assert all(r["attempts"] >= 1 for r in rows(store))  # each came back from the store by a sweep
 
@@ -388,3 +388,27 @@ def test_postgresql_store_accepts_and_refuses_replays(pg_store):
         other = signed_headers(secret, "uploaded", IMPORT_BODY, delivery="pg-2")
         assert gw.post("import", IMPORT_BODY, other).status_code == 202
     assert [r["delivery_id"] for r in rows(pg_store)] == ["pg-1", "pg-2"]
+
+
+def test_a_source_acts_for_its_tenant_whatever_the_caller_sends(store):
+    from pamflow.webhooks.sources import SourceError
+
+    secret = add_source(store, "import", tenant="acme")
+    bodies = [{"path": "a.csv", "tenant": "other"}, {"path": "b.csv"}, {"path": "c.csv", "tenant": None}]
+    with RunningGateway(Gateway(store, api_url=DEAD_PREFECT)) as gw:
+        for n, body in enumerate(bodies):
+            raw = json.dumps(body).encode()
+            resp = gw.post("import", raw, signed_headers(secret, "uploaded", raw, delivery=f"t-{n}"))
+            assert resp.status_code == 202, resp.text
+    assert [r["payload"]["tenant"] for r in rows(store)] == ["acme"] * 3
+    runner = CliRunner()
+    added = runner.invoke(cli_app, ["webhooks", "add-source", "crm", "--tenant", "globex"])
+    assert added.exit_code == 0 and "for tenant globex" in added.output
+    listed = runner.invoke(cli_app, ["webhooks", "list"], env={"COLUMNS": "200"})
+    assert "acme" in listed.output and "globex" in listed.output
+    with pytest.raises(SourceError, match="invalid tenant"):
+        add_source(store, "other", tenant="bad\x01")
+    with store.connect() as conn:
+        tenants = dict(conn.execute(sa.select(WebhookSource.__table__.c.name,
+                                              WebhookSource.__table__.c.tenant)).all())
+    assert tenants == {"import": "acme", "crm": "globex"}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from . import inventory, operations, platform, webhooks
+from . import inventory, operations, platform, vault, webhooks
 
 app = typer.Typer(
     name="pamflow",
@@ -13,7 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (platform, inventory, operations, webhooks):
+for module in (platform, inventory, operations, webhooks, vault):
     module.register(app)
 
 
@@ -25,4 +27,10 @@ def _before_every_command() -> None:
 
 
 def main() -> None:
-    app()
+    from pamflow.vault import VaultError
+
+    try:
+        app()
+    except VaultError as exc:  # a key problem is the operator's to fix: say it, no traceback
+        print(f"pamflow: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

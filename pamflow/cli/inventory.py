@@ -112,10 +112,14 @@ def devices_add(
     from pamflow import audit, db, hostkeys, importer
     from pamflow.models import Device
 
+    try:
+        tenant = importer.check_tenant(tenant)
+    except ValueError as exc:
+        _fail(str(exc))
     cells = {"address": address, "name": name or "", "platform": platform, "ports": ports or "",
              "site": site or "", "tenant": tenant, "change_protocol": change_protocol or "",
              "external_id": external_id or ""}
-    row = importer.validate_row(0, cells)
+    row = importer.validate_row(0, cells, tenant)
     if isinstance(row, list):
         _row_errors(row)
     pinned = None
@@ -133,7 +137,7 @@ def devices_add(
                                                Device.address == row.address)).first()
         if existing is not None:
             _fail(f"device {row.address} already exists in tenant {row.tenant} (id {existing.id})")
-    out = importer.write_rows([row], engine, source="manual")
+    out = importer.write_rows([row], engine, source="manual", actor=_actor())
     if out.errors:
         _row_errors(out.errors)
     with db.session(engine) as s:
@@ -320,10 +324,10 @@ def credentials_add(
     cells = {"address": dev.address, "tenant": dev.tenant, "username": username, "secret": secret,
              "kind": kind, "change_interval_days": str(change_interval_days or ""),
              "policy": policy or ""}
-    row = importer.validate_row(0, cells)
+    row = importer.validate_row(0, cells, dev.tenant)
     if isinstance(row, list):
         _row_errors(row)
-    out = importer.write_rows([row], engine, source="manual")
+    out = importer.write_rows([row], engine, source="manual", actor=_actor())
     if out.errors:
         _row_errors(out.errors)
     with db.session(engine) as s:
@@ -390,8 +394,9 @@ def credentials_show(
 
     from pamflow import audit, db
     from pamflow.models import Credential, Device
-    from pamflow.vault import VaultError, vault
+    from pamflow.vault import VaultError, credential_aad, vault
 
+    box = vault() if show_secret else None
     with db.session() as s:
         if username is None:
             if not credential.isdigit():
@@ -409,7 +414,8 @@ def credentials_show(
         secret_text = "********" if cred.secret else "— (none stored)"
         if show_secret and cred.secret:
             try:
-                secret_text = vault().decrypt(cred.secret)
+                secret_text = box.decrypt(cred.secret, credential_aad(cred.id, cred.device_id,
+                                                                      "secret"))
             except VaultError as exc:
                 _fail(f"cannot decrypt the secret of {cred.username}@{dev.address}: {exc}")
             audit.record(s, _actor(), "secret_viewed", "credential", cred.id,
@@ -424,6 +430,7 @@ def credentials_show(
                   "expires_at", "created_at", "updated_at"):
         table.add_row(field, _fmt(getattr(cred, field)))
     table.add_row("change pending", "yes" if cred.pending_secret else "no")
+    table.add_row("imported password waiting for a verify", "yes" if cred.candidate_secret else "no")
     table.add_row("secret", secret_text)
     console.print(table, highlight=False)
 
@@ -441,35 +448,58 @@ def _prefect_api() -> str | None:
 
 
 def import_(
-    file: Path = typer.Argument(..., help="The spreadsheet: .csv or .xlsx."),
+    file: Path = typer.Argument(..., help="The spreadsheet (.csv or .xlsx): a file of the upload "
+                                          "directory (PAMFLOW_UPLOAD_DIR, default <data dir>/uploads), "
+                                          "relative to it or absolute; with --copy, any file you "
+                                          "can read."),
+    tenant: str = typer.Option("default", "--tenant",
+                               help="The tenant to import into; rows naming another tenant are "
+                                    "rejected."),
+    copy: bool = typer.Option(False, "--copy",
+                              help="Copy FILE (read with your rights) into the upload directory "
+                                   "under a new name, then import the copy. Needed for a file "
+                                   "outside the upload directory; the copy stays there."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any row was rejected."),
     no_prefect: bool = typer.Option(False, "--no-prefect",
                                     help="Import directly, without recording a Prefect flow run."),
 ) -> None:
     """Import devices and credentials from a spreadsheet (the batch import robot, in-process).
 
-    The run is recorded in Prefect when its API answers. Exit code 2 when the file cannot
-    be read at all (nothing is imported); with --strict, 1 when rows were rejected.
+    Imports read only from the upload directory (symlinks leaving it are refused); use
+    --copy for a file elsewhere. The run is recorded in Prefect when its API answers.
+    Exit code 2 when the file cannot be read at all (nothing is imported); with --strict,
+    1 when rows were rejected. Rejected rows go to <data dir>/import-errors/.
     """
     from pamflow import importer
 
-    path = file.expanduser().resolve()
+    try:
+        base = importer.upload_dir()
+        if copy:
+            path = importer.copy_to_uploads(file.expanduser(), base)
+            console.print(f"copied to {path}", highlight=False)
+        else:
+            path = Path(os.path.abspath(file.expanduser()))
+    except (importer.ImportFileError, OSError) as exc:
+        _fail(f"cannot import: {exc}", code=2)
     api = None if no_prefect else _prefect_api()
     try:
         if api:
             os.environ["PREFECT_API_URL"] = api
             from flows.batch_import import batch_import_processing
 
-            summary = batch_import_processing(str(path))
+            summary = batch_import_processing(str(path), tenant)
             errors = _read_error_file(summary.get("error_file"))
         else:
             if not no_prefect:
                 console.print("[yellow]no Prefect API answers: importing without a flow run"
                               "[/yellow]")
-            result = importer.import_file(path, actor=_actor())
+            result = importer.import_file(path, actor=_actor(), tenant=tenant)
             summary, errors = result.summary(), [e.as_dict() for e in result.errors]
     except importer.ImportFileError as exc:
-        _fail(f"cannot import: {exc}", code=2)
+        hint = ""
+        if not copy and not Path(os.path.realpath(path)).is_relative_to(base):
+            hint = f" (the file is outside the upload directory {base}: move it there or pass --copy)"
+        _fail(f"cannot import: {exc}{hint}", code=2)
     _print_summary(summary, errors)
     if strict and summary["rejected"]:
         raise typer.Exit(1)

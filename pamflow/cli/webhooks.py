@@ -15,18 +15,25 @@ def _fail(message: str) -> None:
 
 
 @webhooks_app.command("add-source")
-def add_source(name: str = typer.Argument(..., help="Source name: the {source} of /hooks/{source} "
-                                                       "and of the events pam.<source>.<event>.")) -> None:
+def add_source(
+    name: str = typer.Argument(..., help="Source name: the {source} of /hooks/{source} "
+                                         "and of the events pam.<source>.<event>."),
+    tenant: str = typer.Option("default", "--tenant",
+                               help="The tenant this source acts for: the gateway sets the tenant "
+                                    "of every call's payload to it (an import from this source "
+                                    "writes into this tenant only). Fixed once added."),
+) -> None:
     """Create a source and print its secret (shown this once; stored encrypted)."""
     from pamflow import db
     from pamflow.webhooks.sources import SourceError
     from pamflow.webhooks.sources import add_source as add
 
     try:
-        secret = add(db.store(), name)
+        secret = add(db.store(), name, tenant)
     except SourceError as exc:
         _fail(str(exc))
-    typer.echo(f"source {name} created; its secret (shown once, keep it in the caller's secret store):")
+    typer.echo(f"source {name} created for tenant {tenant}; its secret (shown once, keep it in "
+               "the caller's secret store):")
     typer.echo(secret)
 
 
@@ -77,12 +84,12 @@ def list_sources() -> None:
     if not rows:
         typer.echo("no webhook sources; add one with: pamflow webhooks add-source NAME")
         return
-    typer.echo(f"{'SOURCE':<20} {'VERSION':>7}  {'ROTATED':<25} EVENTS")
+    typer.echo(f"{'SOURCE':<20} {'TENANT':<20} {'VERSION':>7}  {'ROTATED':<25} EVENTS")
     for s in rows:
         events = [e for e in EVENT_SCHEMAS if e.startswith(f"pam.{s.name}.")]
         rotated = s.rotated_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.rotated_at else "never"
         grace = " (old secret in grace)" if s.previous_valid_until else ""
-        typer.echo(f"{s.name:<20} {s.secret_version:>7}  {rotated:<25} "
+        typer.echo(f"{s.name:<20} {s.tenant:<20} {s.secret_version:>7}  {rotated:<25} "
                    f"{', '.join(events) or '(no event types registered)'}{grace}")
 
 
@@ -136,6 +143,9 @@ def serve(
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db.store()  # migrate once, before the workers start
+    from pamflow.vault import vault
+
+    vault()  # a store sealed with another key is refused here, before serving
     typer.echo(f"webhook gateway on http://{host}:{port}/hooks/<source>, forwarding to "
                f"{prefect_api_url()}/events")
     uvicorn.run("pamflow.webhooks.app:create_app", factory=True, host=host, port=port,

@@ -72,6 +72,9 @@ class Credential(SQLModel, table=True):
     pending_secret: str | None = text_field()  # write-ahead: new secret before the target has it
     pending_operation_id: int | None = None
     pending_since: datetime | None = None
+    # an imported secret that differs from the recorded one: tried by a verify operation,
+    # adopted only if it logs in (never pushed to the target)
+    candidate_secret: str | None = text_field()
     status: str = Field(default=CredentialStatus.ok, index=True)
     status_detail: str | None = None
     policy: str = "default"  # password policy name (system parameter password_policy.<name>)

@@ -21,10 +21,13 @@ class WebhookSource(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(sa_column=sa.Column(sa.String(63), nullable=False, unique=True))
-    secret: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # vault, purpose "webhook"
+    secret: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # vault: webhook_aad(name, ...)
     previous_secret: str | None = text_field()
     previous_valid_until: datetime | None = None
     secret_version: int = 1
+    # the tenant this source acts for: the gateway sets every payload's tenant from it
+    tenant: str = Field(default="default", sa_column=sa.Column(sa.String(255), nullable=False,
+                                                               server_default="default"))
     enabled: bool = True
     created_at: datetime = Field(default_factory=utcnow)
     rotated_at: datetime | None = None

@@ -16,7 +16,8 @@
    surrogates); not fitting its event's schema -> 422
 7. delivery id seen before for this source (also before a restart) -> 409 ``replay``
 
-Then the call is written to the outbox and answered 202 ``{"event_id": ..., "event": ...}``.
+Then the payload's ``tenant`` is set to the source's tenant (whatever the caller sent),
+the call is written to the outbox and answered 202 ``{"event_id": ..., "event": ...}``.
 Checks 1-4 come before the source is looked up, so they say nothing about which sources
 exist either. ``GET /health`` answers 200 with the outbox's pending and dead counts.
 """
@@ -259,6 +260,7 @@ class Gateway:
             validate_payload(name, payload)
         except PayloadError as exc:
             raise Refused(422, str(exc)) from None
+        payload["tenant"] = self.secrets.tenant(source)  # the source's, never the caller's
 
         assert self.writer is not None
         item = Accepted(source=source, delivery_id=delivery, event=name, payload=payload)

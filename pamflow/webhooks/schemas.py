@@ -44,12 +44,19 @@ class EventSchema:
     description: str = ""
 
 
+# Fields the gateway writes into every payload it accepts, replacing what the caller sent:
+# a trigger may template them like required fields.
+GATEWAY_FIELDS: dict[str, str] = {
+    "tenant": "the tenant of the webhook source (`pamflow webhooks add-source NAME --tenant T`)",
+}
+
 EVENT_SCHEMAS: dict[str, EventSchema] = {
     "pam.import.uploaded": EventSchema(
         robot="batch-import-processing",
         fields={"path": Field(str, non_empty=True, max_length=4096)},
         description="A spreadsheet of devices and credentials was uploaded; `path` is its "
-                    "location on the worker hosts.",
+                    "location in the upload directory of the worker hosts (relative to it, or "
+                    "absolute inside it); it is imported for the source's tenant.",
     ),
     "pam.operation.queued": EventSchema(
         robot="operation-executor",

@@ -1,10 +1,13 @@
 """Webhook sources: create, rotate and list them; the gateway's cache of their secrets.
 
-Secrets are stored encrypted with the vault (purpose ``"webhook"``) and shown once, when
-created or rotated. The gateway keeps the decrypted secrets in memory and re-reads a
-source whenever its stored secret changes: rotated, or removed and added again (checked
-every second, and when a call names a source or signature it does not know: such
-calls wait for one shared re-read, at most two a second, before they are answered).
+Secrets are stored encrypted with the vault (bound to the source's name and field, see
+:func:`pamflow.vault.webhook_aad`) and shown once, when created or rotated. Each source
+acts for one tenant, given when it is added: the gateway sets the ``tenant`` of every
+payload it accepts from the source (see :mod:`pamflow.webhooks.app`). The gateway keeps
+the decrypted secrets in memory and re-reads a source whenever its stored secret changes:
+rotated, or removed and added again (checked every second, and when a call names a
+source or signature it does not know: such calls wait for one shared re-read, at most two
+a second, before they are answered).
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..models import WebhookSource, utcnow
-from ..vault import vault
+from ..vault import vault, webhook_aad
 from .signing import SOURCE_RE, generate_secret
 
-PURPOSE = "webhook"
 log = logging.getLogger("pamflow.webhooks")
 
 
@@ -37,17 +39,28 @@ def _check_name(name: str) -> str:
     return name
 
 
-def add_source(engine: Engine, name: str) -> str:
-    """Create source ``name``; returns its secret (the only time it is shown)."""
+def _check_tenant(tenant: str) -> str:
+    from ..importer import check_tenant
+
+    try:
+        return check_tenant(tenant)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def add_source(engine: Engine, name: str, tenant: str = "default") -> str:
+    """Create source ``name`` acting for ``tenant``; returns its secret (shown this once)."""
     _check_name(name)
+    tenant = _check_tenant(tenant)
     secret = generate_secret()
     table = WebhookSource.__table__
+    box = vault()  # opened before the transaction (opening may record the store's key canary)
     with engine.begin() as conn:
         if conn.execute(sa.select(table.c.id).where(table.c.name == name)).first():
             raise SourceError(f"source {name} exists already; use rotate-secret")
         conn.execute(table.insert().values(
-            name=name, secret=vault().encrypt(secret, PURPOSE), secret_version=1, enabled=True,
-            created_at=utcnow()))
+            name=name, secret=box.encrypt(secret, webhook_aad(name, "secret")), secret_version=1,
+            tenant=tenant, enabled=True, created_at=utcnow()))
     return secret
 
 
@@ -56,14 +69,17 @@ def rotate_secret(engine: Engine, name: str, grace_seconds: int = 0) -> str:
     table = WebhookSource.__table__
     secret = generate_secret()
     now = utcnow()
+    v = vault()
     with engine.begin() as conn:
         row = conn.execute(sa.select(table.c.secret, table.c.secret_version)
                            .where(table.c.name == name)).first()
         if row is None:
             raise SourceError(f"no source named {name}")
+        previous = (v.reseal(row.secret, webhook_aad(name, "secret"), webhook_aad(name, "previous"))
+                    if grace_seconds > 0 else None)
         conn.execute(table.update().where(table.c.name == name).values(
-            secret=vault().encrypt(secret, PURPOSE),
-            previous_secret=row.secret if grace_seconds > 0 else None,
+            secret=v.encrypt(secret, webhook_aad(name, "secret")),
+            previous_secret=previous,
             previous_valid_until=now + timedelta(seconds=grace_seconds) if grace_seconds > 0 else None,
             secret_version=row.secret_version + 1,
             rotated_at=now))
@@ -85,6 +101,7 @@ class SourceInfo:
     created_at: datetime
     rotated_at: datetime | None
     previous_valid_until: datetime | None
+    tenant: str
 
 
 def list_sources(engine: Engine) -> list[SourceInfo]:
@@ -92,7 +109,8 @@ def list_sources(engine: Engine) -> list[SourceInfo]:
     t = WebhookSource.__table__
     with engine.connect() as conn:
         rows = conn.execute(sa.select(t.c.name, t.c.enabled, t.c.secret_version, t.c.created_at,
-                                      t.c.rotated_at, t.c.previous_valid_until).order_by(t.c.name))
+                                      t.c.rotated_at, t.c.previous_valid_until, t.c.tenant)
+                            .order_by(t.c.name))
         return [SourceInfo(*row) for row in rows]
 
 
@@ -102,6 +120,7 @@ class _Entry:
     current: bytes | None  # None: the secret could not be decrypted; calls are refused
     previous: bytes | None
     previous_valid_until: float  # time.time(); 0 when none
+    tenant: str = "default"
 
 
 class SecretCache:
@@ -134,6 +153,11 @@ class SecretCache:
             keys.append(entry.previous)
         return True, keys
 
+    def tenant(self, source: str) -> str | None:
+        """The tenant ``source`` acts for (None for an unknown source)."""
+        entry = self._entries.get(source)
+        return entry.tenant if entry is not None else None
+
     @property
     def last_refresh(self) -> float:
         """``time.monotonic()`` when the last re-read started."""
@@ -145,16 +169,17 @@ class SecretCache:
         True if any did.
         """
         t = WebhookSource.__table__
+        vault()  # opened (its key checked against the store) before the first source is served
         with self._lock:
             self._last_refresh = time.monotonic()
             with self.engine.connect() as conn:
                 rows = list(conn.execute(sa.select(t.c.name, t.c.secret, t.c.previous_secret,
-                                                   t.c.previous_valid_until)
+                                                   t.c.previous_valid_until, t.c.tenant)
                                          .where(t.c.enabled.is_(True))))
             entries: dict[str, _Entry] = {}
             changed = False
             for r in rows:
-                sealed = (r.secret, r.previous_secret, r.previous_valid_until)
+                sealed = (r.secret, r.previous_secret, r.previous_valid_until, r.tenant)
                 entry = self._entries.get(r.name)
                 if entry is None or entry.sealed != sealed:
                     entry = _decrypt(r, sealed)
@@ -174,17 +199,19 @@ def _decrypt(row, sealed: tuple) -> _Entry:
     """The cache entry of one source row; never raises (a bad row is logged by name)."""
     v = vault()
     try:
-        current = v.decrypt(row.secret, PURPOSE).encode()
+        current = v.decrypt(row.secret, webhook_aad(row.name, "secret")).encode()
     except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
         log.warning("webhook source %s: its secret cannot be decrypted (%s); its calls are "
                     "refused until it is rotated or added again", row.name, exc.__class__.__name__)
-        return _Entry(sealed=sealed, current=None, previous=None, previous_valid_until=0.0)
+        return _Entry(sealed=sealed, current=None, previous=None, previous_valid_until=0.0,
+                      tenant=row.tenant)
     previous = None
     if row.previous_secret and row.previous_valid_until:
         try:
-            previous = v.decrypt(row.previous_secret, PURPOSE).encode()
+            previous = v.decrypt(row.previous_secret, webhook_aad(row.name, "previous")).encode()
         except Exception as exc:  # noqa: BLE001 - the current secret still works
             log.warning("webhook source %s: its previous secret cannot be decrypted (%s); only "
                         "the current one is accepted", row.name, exc.__class__.__name__)
     return _Entry(sealed=sealed, current=current, previous=previous,
-                  previous_valid_until=row.previous_valid_until.timestamp() if previous else 0.0)
+                  previous_valid_until=row.previous_valid_until.timestamp() if previous else 0.0,
+                  tenant=row.tenant)

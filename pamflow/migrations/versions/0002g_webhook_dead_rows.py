@@ -1,7 +1,7 @@
 """webhook outbox: dead rows (refused by Prefect, or failing past the limit)
 
 Revision ID: 0002g
-Revises: 0001
+Revises: 0002
 """
 from alembic import op
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ import sqlmodel  # noqa: F401
 
 
 revision = '0002g'
-down_revision = '0001'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
