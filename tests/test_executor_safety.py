@@ -36,7 +36,7 @@ from pamflow.platform import free_port
 from pamflow.rotation import queue_due_changes, recover
 from pamflow.targets import register_target, reset_targets
 from pamflow.targets.ssh import SSHTarget
-from pamflow.vault import Keyring, Vault, vault
+from pamflow.vault import Keyring, Vault, credential_aad, vault
 from tests.peers.proxy import CuttableProxy
 from tests.test_rotation import (
     add_credential,
@@ -46,6 +46,7 @@ from tests.test_rotation import (
     notifications_of,
     operations,
     recorded,
+    seal,
     secret_of,
     set_policy,
 )
@@ -147,7 +148,7 @@ def test_an_unconfirmed_pending_secret_is_kept_and_found_again(store, sshd):
     late = nasty("late")
     with Session(store) as db:  # a write-ahead whose apply had not happened yet
         row = db.get(Credential, cred.id)
-        row.pending_secret, row.pending_operation_id = vault().encrypt(late), 999
+        row.pending_secret, row.pending_operation_id = seal(row, late, "pending"), 999
         row.status = "unverified"
         db.add(row)
         db.commit()
@@ -158,7 +159,7 @@ def test_an_unconfirmed_pending_secret_is_kept_and_found_again(store, sshd):
         [kept] = db.exec(select(CredentialHistory).where(
             CredentialHistory.credential_id == cred.id)).all()
     assert kept.reason == "unconfirmed pending of operation 999"
-    assert vault().decrypt(kept.secret) == late
+    assert vault().decrypt(kept.secret, credential_aad(cred.id, dev.id, "history")) == late
 
     # the late apply lands on the target after all
     subprocess.run(["chpasswd"], input=f"{cred.username}:{late}\n", text=True, check=True)
@@ -248,8 +249,10 @@ def test_a_change_that_cannot_start_is_notified_once_and_not_requeued(store):
         dev = Device(name="locked-box", address="10.3.0.1")
         db.add(dev)
         db.commit()
-        cred = Credential(device_id=dev.id, username="svc", secret=other_key.encrypt("unreadable"),
-                          expires_at=utcnow() - timedelta(days=1))
+        cred = Credential(device_id=dev.id, username="svc", expires_at=utcnow() - timedelta(days=1))
+        db.add(cred)
+        db.commit()
+        cred.secret = other_key.encrypt("unreadable", credential_aad(cred.id, dev.id, "secret"))
         db.add(cred)
         db.commit()
     for minute in range(3):  # the expired-password robot runs every minute
@@ -266,7 +269,7 @@ def test_a_change_that_cannot_start_is_notified_once_and_not_requeued(store):
     # someone stores a readable secret: the robot tries again (and says so again if it fails)
     with Session(store) as db:
         row = db.get(Credential, cred.id)
-        row.secret = vault().encrypt("readable-now")
+        row.secret = seal(row, "readable-now")
         row.updated_at = utcnow()
         db.add(row)
         db.commit()
@@ -357,7 +360,7 @@ def test_a_failed_reconcile_of_an_invalid_password_does_not_loop(store, sshd):
     dev, acc = make_device(store, sshd, reconcile=True)
     with Session(store) as db:  # the reconcile account's own password is wrong
         rec_cred = db.get(Credential, dev.reconcile_credential_id)
-        rec_cred.secret = vault().encrypt(nasty("wrong"))
+        rec_cred.secret = seal(rec_cred, nasty("wrong"))
         db.add(rec_cred)
         db.commit()
     [(cred, _pw)] = accounts(store, sshd, dev, 1, "inl")
