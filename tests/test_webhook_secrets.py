@@ -7,10 +7,10 @@ import logging
 import secrets
 
 from pamflow.models import WebhookSource, utcnow
-from pamflow.vault import Keyring, Vault
+from pamflow.vault import Keyring, Vault, webhook_aad
 from pamflow.webhooks.app import Gateway
 from pamflow.webhooks.signing import generate_secret, signed_headers
-from pamflow.webhooks.sources import PURPOSE, add_source, remove_source, rotate_secret
+from pamflow.webhooks.sources import add_source, remove_source, rotate_secret
 from tests.test_webhooks import DEAD_PREFECT, IMPORT_BODY, RunningGateway
 
 QUIET = 3600  # no periodic refresh: only the re-read after a miss can notice a change
@@ -25,8 +25,8 @@ def add_foreign_source(engine, name: str, secret: str) -> None:
     foreign = Vault(Keyring.from_env_value(base64.b64encode(secrets.token_bytes(32)).decode()))
     with engine.begin() as conn:
         conn.execute(WebhookSource.__table__.insert().values(
-            name=name, secret=foreign.encrypt(secret, PURPOSE), secret_version=1, enabled=True,
-            created_at=utcnow()))
+            name=name, secret=foreign.encrypt(secret, webhook_aad(name, "secret")),
+            secret_version=1, enabled=True, created_at=utcnow()))
 
 
 def test_a_source_removed_and_added_again_is_seen_at_once(store):
