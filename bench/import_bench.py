@@ -79,7 +79,7 @@ def main() -> None:
     os.environ["PAMFLOW_HOME"] = str(work / "home")
     os.environ["PAMFLOW_UPLOAD_DIR"] = str(work)  # imports read only from the upload directory
     os.environ["PAMFLOW_MASTER_KEY"] = base64.b64encode(secrets.token_bytes(32)).decode()
-    from pamflow import db, importer
+    from pamflow import db, inventory
     from pamflow.vault import vault
 
     vault()  # opened (key checked against the store) before anything is timed
@@ -108,25 +108,25 @@ def main() -> None:
         results.append(("peer", "csv.reader parse only", secs, n, None))
         secs, n = timed(parse_xlsx)
         results.append(("peer", "openpyxl read_only parse only", secs, n, None))
-        secs, sheet = timed(importer.read_sheet, csv_path)
+        secs, sheet = timed(inventory.read_sheet, csv_path)
         results.append(("pamflow", "CSV read + validate", secs, sheet.total_rows, None))
-        secs, sheet = timed(importer.read_sheet, xlsx_path)
+        secs, sheet = timed(inventory.read_sheet, xlsx_path)
         results.append(("pamflow", "XLSX read + validate", secs, sheet.total_rows, None))
         del sheet
 
         sqlite_url = f"sqlite:///{work / 'csv.db'}"
         db.reset_engines()
         engine = db.store(sqlite_url)
-        secs, res = timed(importer.import_file, csv_path, engine)
+        secs, res = timed(inventory.import_file, csv_path, engine)
         assert res.created == res.rows and res.rejected == 0, res.summary()
         results.append(("SQLite", "CSV import (new store)", secs, res.rows, 10.0))
-        secs, res = timed(importer.import_file, csv_path, engine)
+        secs, res = timed(inventory.import_file, csv_path, engine)
         assert res.unchanged == res.rows, res.summary()
         results.append(("SQLite", "CSV re-import (no changes)", secs, res.rows, None))
 
         db.reset_engines()
         engine = db.store(f"sqlite:///{work / 'xlsx.db'}")
-        secs, res = timed(importer.import_file, xlsx_path, engine)
+        secs, res = timed(inventory.import_file, xlsx_path, engine)
         assert res.created == res.rows and res.rejected == 0, res.summary()
         results.append(("SQLite", "XLSX import (new store)", secs, res.rows, 30.0))
         db.reset_engines()
@@ -156,7 +156,7 @@ def main() -> None:
 def _bench_pg(csv_path: Path, xlsx_path: Path) -> list[tuple]:
     import sqlalchemy as sa
 
-    from pamflow import db, importer
+    from pamflow import db, inventory
 
     admin_url = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     name = f"pamflow_bench_{secrets.token_hex(4)}"
@@ -171,15 +171,15 @@ def _bench_pg(csv_path: Path, xlsx_path: Path) -> list[tuple]:
     try:
         db.reset_engines()
         engine = db.store(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-        secs, res = timed(importer.import_file, csv_path, engine)
+        secs, res = timed(inventory.import_file, csv_path, engine)
         assert res.created == res.rows, res.summary()
         out.append(("PostgreSQL", "CSV import (new store)", secs, res.rows, None))
-        secs, res = timed(importer.import_file, csv_path, engine)
+        secs, res = timed(inventory.import_file, csv_path, engine)
         assert res.unchanged == res.rows, res.summary()
         out.append(("PostgreSQL", "CSV re-import (no changes)", secs, res.rows, None))
         with engine.begin() as conn:
             conn.execute(sa.text("TRUNCATE credential_history, credential, device CASCADE"))
-        secs, res = timed(importer.import_file, xlsx_path, engine)
+        secs, res = timed(inventory.import_file, xlsx_path, engine)
         assert res.created == res.rows, res.summary()
         out.append(("PostgreSQL", "XLSX import (new store)", secs, res.rows, None))
     finally:

@@ -3,7 +3,7 @@
 Triggered by the event ``pam.import.uploaded`` (``path`` from its payload, ``tenant`` the
 one the gateway set from the webhook source, see ``prefect.yaml``) and run in-process by
 ``pamflow import FILE``. The file is read from the upload directory only; the format,
-columns and rules are documented in :mod:`pamflow.importer`.
+columns and rules are documented in :mod:`pamflow.inventory`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from prefect.artifacts import (
 )
 from prefect.utilities.annotations import quote
 
-from pamflow.importer import CHUNK_SIZE, ChunkOutcome, ImportFileError, ImportResult
+from pamflow.inventory import CHUNK_SIZE, ChunkOutcome, ImportFileError, ImportResult
 from tasks.inventory import finish_import, import_rows, read_spreadsheet, record_failed_import
 
 ERROR_TABLE_LIMIT = 500

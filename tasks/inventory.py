@@ -2,7 +2,7 @@
 
 Task runs are per chunk of rows, never per row. Rows cross task boundaries in memory
 only: results are not persisted and inputs are not hashed for caching, so no secret
-reaches Prefect's API or its result storage (a secret is a :class:`pamflow.importer.Secret`,
+reaches Prefect's API or its result storage (a secret is a :class:`pamflow.inventory.Secret`,
 which shows as asterisks anywhere it is printed).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pamflow import importer
-from pamflow.importer import ChunkOutcome, ImportResult, ImportRow, Sheet
+from pamflow import inventory
+from pamflow.inventory import ChunkOutcome, ImportResult, ImportRow, Sheet
 
 _OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -21,7 +21,7 @@ _OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
 def read_spreadsheet(path: str, tenant: str) -> Sheet:
     """Parse and validate the whole file of the upload directory for ``tenant``; an unreadable
     file (or one outside the upload directory) fails the task, writing nothing."""
-    return importer.read_sheet(path, tenant)
+    return inventory.read_sheet(path, tenant)
 
 
 @task(name="import-rows", task_run_name="import rows {label}", retries=1, retry_delay_seconds=2,
@@ -32,16 +32,16 @@ def import_rows(rows: list[ImportRow], label: str) -> ChunkOutcome:
 
     A retry is safe: the upsert is idempotent.
     """
-    return importer.write_rows(rows)
+    return inventory.write_rows(rows)
 
 
 @task(name="finish-import", **_OPTS)
 def finish_import(sheet: Sheet, outcome: ChunkOutcome) -> ImportResult:
     """Error file (in the data directory), audit record, "Batch import finished" notification."""
-    return importer.finish_import(sheet, outcome)
+    return inventory.finish_import(sheet, outcome)
 
 
 @task(name="record-failed-import", **_OPTS)
 def record_failed_import(path: str, reason: str, tenant: str | None = None) -> None:
     """Audit and notify an import whose file could not be read at all."""
-    importer.record_failed_import(path, reason, tenant=tenant)
+    inventory.record_failed_import(path, reason, tenant=tenant)

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from pamflow import db, importer
+from pamflow import db, inventory
 from pamflow.config import data_dir
-from pamflow.importer import ImportFileError
+from pamflow.inventory import ImportFileError
 from pamflow.models import AuditLog, Credential, CredentialHistory, Device, Notification, Operation
 from pamflow.vault import credential_aad, vault
 
@@ -110,7 +110,7 @@ def check_good_import(engine, result):
 
 
 def test_good_csv(store, tmp_path):
-    result = importer.import_file(write_csv(tmp_path / "good.csv", GOOD), store)
+    result = inventory.import_file(write_csv(tmp_path / "good.csv", GOOD), store)
     assert result.format == "csv"
     check_good_import(store, result)
 
@@ -122,7 +122,7 @@ def test_good_csv_semicolon_delimiter_and_bom(store, tmp_path):
     out.writerow(HEADER)
     out.writerows(GOOD)
     path.write_bytes(b"\xef\xbb\xbf" + buf.getvalue().encode("utf-8"))
-    check_good_import(store, importer.import_file(path, store))
+    check_good_import(store, inventory.import_file(path, store))
 
 
 def test_good_xlsx_with_numeric_cells(store, tmp_path):
@@ -130,12 +130,12 @@ def test_good_xlsx_with_numeric_cells(store, tmp_path):
     rows[0][3] = 22  # numbers as Excel stores them
     rows[0][10] = 90
     rows[2][10] = 30.0
-    result = importer.import_file(write_xlsx(tmp_path / "good.xlsx", rows), store)
+    result = inventory.import_file(write_xlsx(tmp_path / "good.xlsx", rows), store)
     assert result.format == "xlsx"
     check_good_import(store, result)
     # a numeric password cell is a password too
     path = write_xlsx(tmp_path / "num.xlsx", [["n", "10.9.9.9", "", "", "", "", "", "u", 123456]])
-    assert importer.import_file(path, store).created == 1
+    assert inventory.import_file(path, store).created == 1
     assert opened(credentials_by_user(store)[("10.9.9.9", "u")][1]) == "123456"
 
 
@@ -147,7 +147,7 @@ def test_xlsx_shapes_inline_strings_booleans_gaps_and_other_sheets(store, tmp_pa
     ws.append(["10.3.3.3", "svc", "Inline-Secret", False, 2222])
     wb.create_sheet("notes").append(["address"])
     wb.save(tmp_path / "inline.xlsx")
-    assert importer.import_file(tmp_path / "inline.xlsx", store).created == 1
+    assert inventory.import_file(tmp_path / "inline.xlsx", store).created == 1
     dev, cred = credentials_by_user(store)[("10.3.3.3", "svc")]
     assert (dev.ports, cred.auto_change) == ([2222], False)
     assert opened(cred) == "Inline-Secret"
@@ -158,7 +158,7 @@ def test_xlsx_shapes_inline_strings_booleans_gaps_and_other_sheets(store, tmp_pa
     ws["B4"], ws["D4"] = "10.3.3.4", "linux"
     ws["B9"], ws["D9"] = "10.3.3.9", "beos"
     wb.save(tmp_path / "gaps.xlsx")
-    result = importer.import_file(tmp_path / "gaps.xlsx", store)
+    result = inventory.import_file(tmp_path / "gaps.xlsx", store)
     assert (result.rows, result.created) == (2, 1)
     assert [(e.row, e.column) for e in result.errors] == [(9, "platform")]
 
@@ -204,7 +204,7 @@ def test_every_kind_of_bad_row(store, tmp_path):
         rows.append(make_row(i, **cells))
     rows.append(make_row(99) + ["one cell too many"])
     path = write_csv(tmp_path / "bad.csv", rows, header=FULL_HEADER)
-    result = importer.import_file(path, store)
+    result = inventory.import_file(path, store)
 
     assert result.rows == len(rows) and result.created == 1
     assert result.rejected == len(BAD_ROWS) + 1
@@ -232,14 +232,14 @@ def test_every_kind_of_bad_row(store, tmp_path):
     assert "x" * 100 not in text
     # fixing the file and importing again writes no error file
     write_csv(path, rows[:1], header=FULL_HEADER)
-    assert importer.import_file(path, store).error_file is None
+    assert inventory.import_file(path, store).error_file is None
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n", b",,,\n", b"name,address,username\n"])
 def test_empty_file(store, tmp_path, content):
     path = tmp_path / "empty.csv"
     path.write_bytes(content)
-    result = importer.import_file(path, store)
+    result = inventory.import_file(path, store)
     assert result.empty and result.rows == 0 and result.rejected == 0
     assert result.summary()["empty"] is True and result.error_file is None
     assert count(store, Device) == 0
@@ -248,7 +248,7 @@ def test_empty_file(store, tmp_path, content):
 def test_empty_xlsx(store, tmp_path):
     wb = openpyxl.Workbook()
     wb.save(tmp_path / "empty.xlsx")
-    result = importer.import_file(tmp_path / "empty.xlsx", store)
+    result = inventory.import_file(tmp_path / "empty.xlsx", store)
     assert result.empty and result.format == "xlsx"
 
 
@@ -282,7 +282,7 @@ def test_not_a_spreadsheet(store, tmp_path):
     names.append("noheader.csv")
     for name in names:
         with pytest.raises(ImportFileError) as info:
-            importer.import_file(tmp_path / name, store)
+            inventory.import_file(tmp_path / name, store)
         assert name in str(info.value)
     assert count(store, Device) == 0 and count(store, Credential) == 0
     assert not list(tmp_path.glob("*.errors.csv"))
@@ -292,7 +292,7 @@ def test_huge_cell_is_refused_with_a_clear_reason(store, tmp_path):
     rows = [make_row(1), make_row(2, name="N" * 500_000), make_row(3, password="P" * 200_000),
             make_row(4)]
     path = write_csv(tmp_path / "huge.csv", rows, header=FULL_HEADER)
-    result = importer.import_file(path, store)
+    result = inventory.import_file(path, store)
     assert result.created == 2 and result.rejected == 2
     assert {(e.row, e.column) for e in result.errors} == {(3, "name"), (4, "secret")}
     assert all("over the 4,096-character limit" in e.reason for e in result.errors)
@@ -310,7 +310,7 @@ def test_duplicate_rows_in_one_file(store, tmp_path):
         make_row(7, address="10.5.0.7", username="", password=""),  # ...and its duplicate
     ]
     path = write_csv(tmp_path / "dups.csv", rows, header=FULL_HEADER)
-    result = importer.import_file(path, store)
+    result = inventory.import_file(path, store)
     errors = {(e.row, e.column): e.reason for e in result.errors}
     assert errors == {
         (4, "username"): "duplicate of row 2: same tenant, address and username",
@@ -324,25 +324,25 @@ def test_duplicate_rows_in_one_file(store, tmp_path):
 
 def test_reimport_of_the_same_file_changes_nothing(store, tmp_path):
     path = write_csv(tmp_path / "good.csv", GOOD)
-    importer.import_file(path, store)
+    inventory.import_file(path, store)
     before = snapshot(store)
-    result = importer.import_file(path, store)
+    result = inventory.import_file(path, store)
     assert (result.created, result.updated, result.unchanged, result.rejected) == (0, 0, 4, 0)
     assert snapshot(store) == before  # same ciphertexts, same updated_at, no new rows
     # the same rows from an XLSX are the same rows
-    assert importer.import_file(write_xlsx(tmp_path / "good.xlsx", GOOD), store).unchanged == 4
+    assert inventory.import_file(write_xlsx(tmp_path / "good.xlsx", GOOD), store).unchanged == 4
     assert snapshot(store) == before
 
 
 def test_reimport_with_changes_updates_only_what_changed(store, tmp_path):
-    importer.import_file(write_csv(tmp_path / "v1.csv", GOOD), store)
+    inventory.import_file(write_csv(tmp_path / "v1.csv", GOOD), store)
     before = credentials_by_user(store)
     rows = [list(r) for r in GOOD]
     rows[0][8] = "Root#Secret-NEW"  # root's password differs: a candidate, verified before use
     rows[2][3] = "5985"  # dc1's ports changed
     rows[1][0] = ""  # an empty cell keeps the stored value
     rows[1][10] = "45"  # deploy's change interval alone: its expiry follows its last change
-    result = importer.import_file(write_csv(tmp_path / "v2.csv", rows), store)
+    result = inventory.import_file(write_csv(tmp_path / "v2.csv", rows), store)
     assert (result.created, result.updated, result.unchanged) == (0, 3, 1), result.summary()
     assert (result.devices_updated, result.credentials_updated) == (1, 2)
     assert result.imports_to_verify == 1
@@ -364,7 +364,7 @@ def test_reimport_with_changes_updates_only_what_changed(store, tmp_path):
     assert after[("10.0.0.1", "root")][0].name == "web1"
     # the same file again changes nothing: the candidate is the same secret
     snap = snapshot(store)
-    again = importer.import_file(write_csv(tmp_path / "v2.csv", rows), store)
+    again = inventory.import_file(write_csv(tmp_path / "v2.csv", rows), store)
     assert (again.updated, again.unchanged, again.imports_to_verify) == (0, 4, 0)
     assert snapshot(store) == snap
 
@@ -373,13 +373,13 @@ def test_a_row_whose_credential_part_is_bad_creates_no_device(store, tmp_path):
     rows = [make_row(1, address="10.7.0.1", kind="wizard"),
             make_row(2, address="10.7.0.2", password="line\r\nbreak"),
             make_row(3, address="10.7.0.3", change_interval_days="-5")]
-    result = importer.import_file(write_csv(tmp_path / "atom.csv", rows, header=FULL_HEADER), store)
+    result = inventory.import_file(write_csv(tmp_path / "atom.csv", rows, header=FULL_HEADER), store)
     assert result.rejected == 3 and result.created == 0
     assert count(store, Device) == 0
 
 
 def test_a_credential_with_a_change_in_progress_is_refused_whole(store, tmp_path):
-    importer.import_file(write_csv(tmp_path / "v1.csv", GOOD), store)
+    inventory.import_file(write_csv(tmp_path / "v1.csv", GOOD), store)
     with db.session(store) as s:
         cred = s.exec(select(Credential).where(Credential.username == "root")).one()
         cred.pending_secret = vault().encrypt("in-flight", credential_aad(cred.id, cred.device_id,
@@ -390,7 +390,7 @@ def test_a_credential_with_a_change_in_progress_is_refused_whole(store, tmp_path
     rows = [list(r) for r in GOOD[:1]]
     rows[0][8] = "Changed-While-Pending"
     rows[0][4] = "other-site"  # the row's device part must not land either
-    result = importer.import_file(write_csv(tmp_path / "v2.csv", rows), store)
+    result = inventory.import_file(write_csv(tmp_path / "v2.csv", rows), store)
     assert result.rejected == 1 and result.errors[0].column == "secret"
     assert "password change in progress" in result.errors[0].reason
     assert "Changed-While-Pending" not in result.errors[0].reason
@@ -404,7 +404,7 @@ def test_a_failing_chunk_is_retried_row_by_row_isolating_the_offender(store, tmp
             "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"))
     rows = [make_row(i) for i in range(1, 6)]
     rows[2] = make_row(3, name="boom")
-    result = importer.import_file(write_csv(tmp_path / "t.csv", rows, header=FULL_HEADER), store,
+    result = inventory.import_file(write_csv(tmp_path / "t.csv", rows, header=FULL_HEADER), store,
                                   chunk_size=100)
     assert result.created == 4 and result.rejected == 1
     assert (result.errors[0].row, result.errors[0].column) == (4, "-")
@@ -417,7 +417,7 @@ def test_a_failing_chunk_is_retried_row_by_row_isolating_the_offender(store, tmp
 
 def test_chunks_share_devices_across_boundaries(store, tmp_path):
     rows = [make_row(1, username=f"user{i}", password=f"Secret-{i}") for i in range(7)]
-    result = importer.import_file(write_csv(tmp_path / "c.csv", rows, header=FULL_HEADER), store,
+    result = inventory.import_file(write_csv(tmp_path / "c.csv", rows, header=FULL_HEADER), store,
                                   chunk_size=3)
     assert result.created == 7 and result.devices_created == 1 and result.credentials_created == 7
     assert count(store, Device) == 1
@@ -425,12 +425,12 @@ def test_chunks_share_devices_across_boundaries(store, tmp_path):
 
 def test_postgresql(pg_store, tmp_path):
     path = write_csv(tmp_path / "good.csv", GOOD)
-    check_good_import(pg_store, importer.import_file(path, pg_store))
+    check_good_import(pg_store, inventory.import_file(path, pg_store))
     before = snapshot(pg_store)
-    assert importer.import_file(path, pg_store).unchanged == 4
+    assert inventory.import_file(path, pg_store).unchanged == 4
     assert snapshot(pg_store) == before
     rows = [make_row(1, address="10.8.0.1", kind="wizard"), make_row(2, address="10.8.0.2")]
-    result = importer.import_file(write_csv(tmp_path / "b.csv", rows, header=FULL_HEADER), pg_store)
+    result = inventory.import_file(write_csv(tmp_path / "b.csv", rows, header=FULL_HEADER), pg_store)
     assert (result.created, result.rejected) == (1, 1)
     with db.session(pg_store) as s:
         assert s.exec(select(Device).where(Device.address == "10.8.0.1")).first() is None

@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from pamflow import importer
+from pamflow import inventory
 from pamflow.config import data_dir
-from pamflow.importer import ImportFileError
+from pamflow.inventory import ImportFileError
 from pamflow.models import (
     AuditLog,
     Credential,
@@ -96,27 +96,27 @@ def test_only_files_of_the_upload_directory_are_read(store, uploads, tmp_path):
                "../../../../../../../../etc/passwd", str(uploads / ".." / "outside" / "private.csv")]
     for path in refused:
         with pytest.raises(ImportFileError) as info:
-            importer.import_file(path, store)
+            inventory.import_file(path, store)
         # the same answer for a file that exists outside and one that does not: no oracle
         assert str(info.value) == f"{path!r}: no such file in the upload directory {uploads}", path
     assert table_rows(store)["device"] == []
     assert private.read_text().startswith(OUTSIDE_TEXT)
     assert error_files(outside, uploads) == []
 
-    assert importer.import_file("good.csv", store).created == 1
-    assert importer.import_file("alias.csv", store).unchanged == 1
-    assert importer.import_file(str(good), store).unchanged == 1  # absolute, inside
+    assert inventory.import_file("good.csv", store).created == 1
+    assert inventory.import_file("alias.csv", store).unchanged == 1
+    assert inventory.import_file(str(good), store).unchanged == 1  # absolute, inside
 
 
 def test_a_header_error_quotes_no_text_of_the_file(store, uploads):
     (uploads / "passwd.csv").write_text("root:x:0:0:root:/root:/bin/bash,Leaky-Cell-Value\n")
     (uploads / "named.csv").write_text("name,username,Leaky-Cell-Value\nweb,root,x\n")
     with pytest.raises(ImportFileError) as info:
-        importer.import_file("passwd.csv", store)
+        inventory.import_file("passwd.csv", store)
     assert "root:x" not in str(info.value) and "Leaky" not in str(info.value)
     assert "columns recognised: none" in str(info.value)
     with pytest.raises(ImportFileError) as info:
-        importer.import_file("named.csv", store)
+        inventory.import_file("named.csv", store)
     assert "columns recognised: name, username" in str(info.value) and "Leaky" not in str(info.value)
 
 
@@ -125,7 +125,7 @@ def test_error_files_go_to_the_data_directory_never_beside_the_input(store, uplo
     target.write_text("untouched")
     (uploads / "bad.errors.csv").symlink_to(target)  # a trap beside the input
     write_csv(uploads / "bad.csv", [["not a host!", "", "root", "pw"]])
-    result = importer.import_file("bad.csv", store)
+    result = inventory.import_file("bad.csv", store)
     assert result.rejected == 1
     where = Path(result.error_file)
     assert where.parent == data_dir() / "import-errors" and where.name.endswith("-bad.errors.csv")
@@ -133,7 +133,7 @@ def test_error_files_go_to_the_data_directory_never_beside_the_input(store, uplo
     assert target.read_text() == "untouched" and (uploads / "bad.errors.csv").is_symlink()
     # an import without errors removes nothing beside the input either
     write_csv(uploads / "bad.csv", [["10.1.1.1", "", "root", "pw"]])
-    assert importer.import_file("bad.csv", store).error_file is None
+    assert inventory.import_file("bad.csv", store).error_file is None
     assert (uploads / "bad.errors.csv").is_symlink() and target.read_text() == "untouched"
 
 
@@ -180,7 +180,7 @@ def test_a_signed_webhook_with_a_path_leaving_the_upload_dir_fails_and_writes_no
 # ----------------------------------------------------------------------------- tenants
 def test_an_import_writes_into_its_own_tenant_only(store, uploads):
     write_csv(uploads / "other.csv", [["10.0.0.1", "", "root", "Other-Tenant-Secret"]])
-    importer.import_file("other.csv", store, tenant="other")
+    inventory.import_file("other.csv", store, tenant="other")
     before_other = table_rows(store)
     write_csv(uploads / "acme.csv", [
         ["10.0.0.1", "", "root", "Acme-Secret-1"],  # empty: the import's tenant
@@ -189,7 +189,7 @@ def test_an_import_writes_into_its_own_tenant_only(store, uploads):
         ["10.0.0.4", "ACME", "root", "Sneaky-2"],
         ["10.0.0.1", "other", "root", "Overwrite-Other"],  # the other tenant's device: rejected
     ])
-    result = importer.import_file("acme.csv", store, tenant="acme")
+    result = inventory.import_file("acme.csv", store, tenant="acme")
     assert (result.created, result.rejected, result.tenant) == (2, 3, "acme")
     assert {(e.row, e.column) for e in result.errors} == {(3, "tenant"), (5, "tenant"), (6, "tenant")}
     assert all("is not this import's tenant 'acme'" in e.reason for e in result.errors)
@@ -201,13 +201,13 @@ def test_an_import_writes_into_its_own_tenant_only(store, uploads):
     assert after["credential"][0] == before_other["credential"][0]
     for bad in ("", "  ", "a\x01b", "x" * 300):
         with pytest.raises(ImportFileError, match="invalid tenant"):
-            importer.import_file("acme.csv", store, tenant=bad)
+            inventory.import_file("acme.csv", store, tenant=bad)
 
 
 # ----------------------------------------------------------------------------- secrets
 def _import_root(store, uploads, secret: str, name: str = "v.csv"):
     write_csv(uploads / name, [["10.2.0.1", "", "root", secret]])
-    return importer.import_file(name, store)
+    return inventory.import_file(name, store)
 
 
 @pytest.mark.parametrize("status", ["unverified", "invalid", "expired"])
@@ -244,9 +244,9 @@ def test_an_undecryptable_recorded_secret_is_an_error_never_overwritten(store, u
 
 def test_a_differing_secret_over_an_ok_credential_waits_as_a_candidate(pg_store, uploads):
     write_csv(uploads / "v1.csv", [["10.2.0.1", "", "root", "Recorded-1"]])
-    importer.import_file("v1.csv", pg_store)
+    inventory.import_file("v1.csv", pg_store)
     write_csv(uploads / "v2.csv", [["10.2.0.1", "", "root", "Imported-2"]])
-    result = importer.import_file("v2.csv", pg_store)
+    result = inventory.import_file("v2.csv", pg_store)
     assert (result.updated, result.imports_to_verify) == (1, 1)
     with Session(pg_store) as s:
         cred = s.exec(select(Credential)).one()
@@ -257,7 +257,7 @@ def test_a_differing_secret_over_an_ok_credential_waits_as_a_candidate(pg_store,
                                                                  "candidate")) == "Imported-2"
     assert (op.kind, op.parameters) == ("verify", {"candidate": True})
     before = table_rows(pg_store)
-    assert importer.import_file("v2.csv", pg_store).unchanged == 1
+    assert inventory.import_file("v2.csv", pg_store).unchanged == 1
     assert table_rows(pg_store) == before
 
 
@@ -297,7 +297,7 @@ def test_imported_secrets_are_verified_before_adoption_and_never_pushed(store, s
     wrong2, wrong3, cand4 = nasty("wrong2"), nasty("wrong3"), nasty("cand4")
     write_csv(uploads / "accounts.csv", [["127.0.0.1", "", u1, real1], ["127.0.0.1", "", u2, wrong2],
                                          ["127.0.0.1", "", u3, wrong3], ["127.0.0.1", "", u4, cand4]])
-    result = importer.import_file("accounts.csv", store)
+    result = inventory.import_file("accounts.csv", store)
     assert result.imports_to_verify == 3 and result.rejected == 1
     assert result.errors[0].row == 4 and "is unverified" in result.errors[0].reason
     assert recorded(store, c3.id).candidate_secret is None
@@ -367,32 +367,32 @@ def test_an_xlsx_bomb_is_refused_before_it_inflates(store, uploads, monkeypatch)
     _workbook(uploads / "ratio.xlsx", b" " * (64 << 20))
     assert (uploads / "ratio.xlsx").stat().st_size < 1 << 20
     with pytest.raises(ImportFileError, match="PAMFLOW_IMPORT_MAX_RATIO"):
-        importer.import_file("ratio.xlsx", store)
+        inventory.import_file("ratio.xlsx", store)
     # not compressible, but bigger than the configured uncompressed limit
     _workbook(uploads / "big.xlsx", b"<!--" + os.urandom(1 << 20).hex().encode() + b"-->")
     monkeypatch.setenv("PAMFLOW_IMPORT_MAX_UNCOMPRESSED", str(1 << 20))
     with pytest.raises(ImportFileError, match=r"over the 1,048,576-byte limit \(PAMFLOW_IMPORT_MAX_UNCOMP"):
-        importer.import_file("big.xlsx", store)
+        inventory.import_file("big.xlsx", store)
     monkeypatch.setenv("PAMFLOW_IMPORT_MAX_UNCOMPRESSED", str(8 << 20))
-    assert importer.import_file("big.xlsx", store).created == 1  # under the limit: imported
+    assert inventory.import_file("big.xlsx", store).created == 1  # under the limit: imported
     # a directory that lies about the sizes: the checks pass, the reader still stops
     _workbook(uploads / "liar.xlsx", b" " * (64 << 20))
     _lie_about_size(uploads / "liar.xlsx", "xl/worksheets/sheet1.xml", 4096)
     with pytest.raises(ImportFileError, match="liar.xlsx: corrupt XLSX worksheet"):
-        importer.import_file("liar.xlsx", store)
+        inventory.import_file("liar.xlsx", store)
     monkeypatch.setenv("PAMFLOW_IMPORT_MAX_RATIO", "0")
     with pytest.raises(ImportFileError, match="PAMFLOW_IMPORT_MAX_RATIO='0' is not a positive"):
-        importer.import_file("big.xlsx", store)
+        inventory.import_file("big.xlsx", store)
     with Session(store) as s:
         assert [d.address for d in s.exec(select(Device))] == ["10.77.0.1"]
 
 
 def test_a_zip_of_too_many_parts_is_refused(store, uploads):
     with zipfile.ZipFile(uploads / "parts.xlsx", "w") as z:
-        for i in range(importer.MAX_MEMBERS + 1):
+        for i in range(inventory.MAX_MEMBERS + 1):
             z.writestr(f"p/{i}", b"")
     with pytest.raises(ImportFileError, match="parts in the workbook, over the 10,000-part limit"):
-        importer.import_file("parts.xlsx", store)
+        inventory.import_file("parts.xlsx", store)
 
 
 def test_the_copy_option_of_the_cli_imports_a_file_from_elsewhere(store, uploads, tmp_path):

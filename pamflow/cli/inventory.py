@@ -54,7 +54,7 @@ def _find_device(s, ref: str, tenant: str | None):
     """A device by id, address or name (``tenant`` narrows); exits with a clear reason."""
     from sqlmodel import select
 
-    from pamflow.importer import normalize_address
+    from pamflow.inventory import normalize_address
     from pamflow.models import Device
 
     if ref.isdigit():
@@ -109,17 +109,17 @@ def devices_add(
     """Register a device."""
     from sqlmodel import select
 
-    from pamflow import audit, db, hostkeys, importer
+    from pamflow import audit, db, hostkeys, inventory
     from pamflow.models import Device
 
     try:
-        tenant = importer.check_tenant(tenant)
+        tenant = inventory.check_tenant(tenant)
     except ValueError as exc:
         _fail(str(exc))
     cells = {"address": address, "name": name or "", "platform": platform, "ports": ports or "",
              "site": site or "", "tenant": tenant, "change_protocol": change_protocol or "",
              "external_id": external_id or ""}
-    row = importer.validate_row(0, cells, tenant)
+    row = inventory.validate_row(0, cells, tenant)
     if isinstance(row, list):
         _row_errors(row)
     pinned = None
@@ -137,7 +137,7 @@ def devices_add(
                                                Device.address == row.address)).first()
         if existing is not None:
             _fail(f"device {row.address} already exists in tenant {row.tenant} (id {existing.id})")
-    out = importer.write_rows([row], engine, source="manual", actor=_actor())
+    out = inventory.write_rows([row], engine, source="manual", actor=_actor())
     if out.errors:
         _row_errors(out.errors)
     with db.session(engine) as s:
@@ -303,7 +303,7 @@ def credentials_add(
     """Add a credential. The secret is read from a hidden prompt or stdin, never an argument."""
     from sqlmodel import select
 
-    from pamflow import audit, db, importer
+    from pamflow import audit, db, inventory
     from pamflow.models import Credential
 
     engine = db.store()
@@ -324,10 +324,10 @@ def credentials_add(
     cells = {"address": dev.address, "tenant": dev.tenant, "username": username, "secret": secret,
              "kind": kind, "change_interval_days": str(change_interval_days or ""),
              "policy": policy or ""}
-    row = importer.validate_row(0, cells, dev.tenant)
+    row = inventory.validate_row(0, cells, dev.tenant)
     if isinstance(row, list):
         _row_errors(row)
-    out = importer.write_rows([row], engine, source="manual", actor=_actor())
+    out = inventory.write_rows([row], engine, source="manual", actor=_actor())
     if out.errors:
         _row_errors(out.errors)
     with db.session(engine) as s:
@@ -470,16 +470,16 @@ def import_(
     Exit code 2 when the file cannot be read at all (nothing is imported); with --strict,
     1 when rows were rejected. Rejected rows go to <data dir>/import-errors/.
     """
-    from pamflow import importer
+    from pamflow import inventory
 
     try:
-        base = importer.upload_dir()
+        base = inventory.upload_dir()
         if copy:
-            path = importer.copy_to_uploads(file.expanduser(), base)
+            path = inventory.copy_to_uploads(file.expanduser(), base)
             console.print(f"copied to {path}", highlight=False)
         else:
             path = Path(os.path.abspath(file.expanduser()))
-    except (importer.ImportFileError, OSError) as exc:
+    except (inventory.ImportFileError, OSError) as exc:
         _fail(f"cannot import: {exc}", code=2)
     api = None if no_prefect else _prefect_api()
     try:
@@ -493,9 +493,9 @@ def import_(
             if not no_prefect:
                 console.print("[yellow]no Prefect API answers: importing without a flow run"
                               "[/yellow]")
-            result = importer.import_file(path, actor=_actor(), tenant=tenant)
+            result = inventory.import_file(path, actor=_actor(), tenant=tenant)
             summary, errors = result.summary(), [e.as_dict() for e in result.errors]
-    except importer.ImportFileError as exc:
+    except inventory.ImportFileError as exc:
         hint = ""
         if not copy and not Path(os.path.realpath(path)).is_relative_to(base):
             hint = f" (the file is outside the upload directory {base}: move it there or pass --copy)"

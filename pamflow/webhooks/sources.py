@@ -40,7 +40,7 @@ def _check_name(name: str) -> str:
 
 
 def _check_tenant(tenant: str) -> str:
-    from ..importer import check_tenant
+    from ..inventory import check_tenant
 
     try:
         return check_tenant(tenant)
