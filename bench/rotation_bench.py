@@ -16,8 +16,8 @@ Side by side in the same run, against the same sshd (tests/peers/sshd.py):
 - **bare-reused**: one admin connection for all the changes (``chpasswd`` with 100 lines per
   call), then 16 threads logging in as each account.
 - **pamflow**: a fresh store (SQLite in a temp dir), the device and N credentials created,
-  N change operations enqueued (``pamflow.queue.enqueue_many``) and run by
-  ``pamflow.executor.drain()`` - the write-ahead protocol, which verifies each new secret
+  N change operations enqueued (``pamflow.operations.queue.enqueue_many``) and run by
+  ``pamflow.operations.executor.drain()`` - the write-ahead protocol, which verifies each new secret
   by logging in before promoting it. Afterwards (not timed) every account is checked to log
   in with its stored, decrypted secret.
 
@@ -324,8 +324,8 @@ def pamflow_setup(sshd, admin: tuple[str, str], current: dict[str, str]):
 
 
 def pamflow_run(sshd, engine, cred_ids: list[int]) -> Result:
-    from pamflow import executor
-    from pamflow import queue as opqueue
+    from pamflow.operations import executor
+    from pamflow.operations import queue as opqueue
 
     res = Result("pamflow: enqueue + executor.drain (write-ahead, verified)", len(cred_ids))
     with Meter(res, sshd.proc.pid):
@@ -380,8 +380,8 @@ def pamflow_overhead(engine, cred_ids: list[int], profile: Path) -> Result:
     import cProfile
     import pstats
 
-    from pamflow import executor
-    from pamflow import queue as opqueue
+    from pamflow.operations import executor
+    from pamflow.operations import queue as opqueue
     from pamflow.targets import register_target
 
     register_target("ssh", lambda engine: NullTarget())

@@ -5,7 +5,7 @@ password reservation.
 Each does one pass and ends (scheduled robots). Those that need a target only queue
 operations: the Operation executor runs them (one operation per credential at a time),
 except reconciliation, which also drains the queue so recovery never waits for an executor.
-The rules live in ``pamflow.rotation``.
+The rules live in ``pamflow.credentials``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ that polls the queue every ``poll_s`` seconds for ``lifetime_s`` seconds and run
 finds in batches (one task run per burst of batches); the deployment's schedule starts a
 fresh instance when one ends, its ``concurrency_limit`` is the number of simultaneous
 instances, and the event ``pam.operation.queued`` starts one at once when none is running.
-The rules live in ``pamflow.queue``, ``pamflow.executor`` and ``pamflow.rotation``.
+The rules live in ``pamflow.operations.queue``, ``pamflow.operations.executor`` and ``pamflow.credentials``.
 """
 
 from __future__ import annotations

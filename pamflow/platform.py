@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -328,22 +329,65 @@ def deploy_all(api_url: str, root: Path = REPO_ROOT, version: str | None = None,
     if res.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     if version:
-        set_deployment_versions(api_url, root / "prefect.yaml", version)
+        set_deployment_versions(api_url, root / "prefect.yaml", version,
+                                auth=extra_env.get("PREFECT_API_AUTH_STRING"))
     return res
 
 
-def set_deployment_versions(api_url: str, prefect_yaml: Path, version: str) -> int:
-    """Set ``version`` on every deployment named in ``prefect_yaml``; returns how many."""
+def set_deployment_versions(api_url: str, prefect_yaml: Path, version: str,
+                            auth: str | None = None) -> int:
+    """Set ``version`` on every deployment named in ``prefect_yaml`` (Prefect's REST API);
+    returns how many."""
     import yaml
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import DeploymentUpdate
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     names = {d["name"] for d in yaml.safe_load(prefect_yaml.read_text())["deployments"]}
+    headers = auth_headers(auth if auth is not None else os.environ.get("PREFECT_API_AUTH_STRING"))
     updated = 0
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        for dep in client.read_deployments():
-            if dep.name in names:
-                client.update_deployment(dep.id, DeploymentUpdate(version=version))
-                updated += 1
-    return updated
+    with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=30) as client:
+        offset = 0
+        while True:
+            resp = client.post("/deployments/filter", json={"offset": offset, "limit": 200})
+            resp.raise_for_status()
+            page = resp.json()
+            for dep in page:
+                if dep["name"] in names:
+                    client.patch(f"/deployments/{dep['id']}",
+                                 json={"version": version}).raise_for_status()
+                    updated += 1
+            if len(page) < 200:
+                return updated
+            offset += len(page)
+
+
+TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def run_deployment(api_url: str, name: str, parameters: dict, *, auth: str | None = None,
+                   timeout: float = 600, poll_s: float = 1.0,
+                   on_state: Callable[[str], None] | None = None) -> dict:
+    """Start a flow run of deployment ``name`` (``flow/deployment``) with ``parameters``
+    through Prefect's REST API and wait for it to end; returns the flow run as the API
+    gives it (``state.type`` is one of ``TERMINAL_STATES``, or the last one seen at
+    ``timeout``). ``on_state(state_name)`` is called whenever the state changes."""
+    headers = auth_headers(auth if auth is not None else os.environ.get("PREFECT_API_AUTH_STRING"))
+    with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=30) as client:
+        flow, _, deployment = name.partition("/")
+        dep = client.get(f"/deployments/name/{flow}/{deployment}")
+        dep.raise_for_status()
+        run = client.post(f"/deployments/{dep.json()['id']}/create_flow_run",
+                          json={"parameters": parameters})
+        run.raise_for_status()
+        flow_run = run.json()
+        deadline = time.monotonic() + timeout
+        seen = None
+        while True:
+            state = flow_run.get("state") or {}
+            if state.get("name") != seen and on_state is not None:
+                seen = state.get("name")
+                on_state(seen or "?")
+            if state.get("type") in TERMINAL_STATES or time.monotonic() >= deadline:
+                return flow_run
+            time.sleep(poll_s)
+            got = client.get(f"/flow_runs/{flow_run['id']}")
+            got.raise_for_status()
+            flow_run = got.json()

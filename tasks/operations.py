@@ -1,5 +1,6 @@
 """Operation and credential tasks: the queue, the executor and the credential robots'
-passes (``pamflow.queue``, ``pamflow.executor``, ``pamflow.rotation`` wrapped for Prefect).
+passes (``pamflow.operations`` and ``pamflow.credentials`` wrapped for Prefect). The
+executor gets its named password policies from the Password policy blocks.
 
 Task runs are per batch or per pass, never per operation or per device. What they return
 and publish carries ids, account and device names and counts — never a secret.
@@ -21,6 +22,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
+from blocks.password_policy import load_policy_block
+
 TABLE_ROWS_MAX = 500
 
 
@@ -37,14 +40,15 @@ def execute_operation_batches(engine: Engine, owner: str, batch_size: int = 100,
                               workers: int = 16, kinds: list[str] | None = None,
                               lease_s: float | None = None, on_batch=None,
                               stop: threading.Event | None = None, should_stop=None,
+                              policy_source=None,
                               progress_key: str = "operation-executor-progress") -> dict:
     """Claim and run batches until the queue has nothing runnable (one task run per burst).
 
     Progress is published per batch. ``stop`` (a stopping service) and ``should_stop``
     (the instance's lifetime) end the burst between batches.
     """
-    from pamflow.executor import drain
-    from pamflow.queue import DEFAULT_LEASE_SECONDS, runnable_count
+    from pamflow.operations.executor import drain
+    from pamflow.operations.queue import DEFAULT_LEASE_SECONDS, runnable_count
 
     expected = max(1, runnable_count(engine))
     progress = create_progress_artifact(0.0, key=progress_key,
@@ -62,7 +66,7 @@ def execute_operation_batches(engine: Engine, owner: str, batch_size: int = 100,
 
     summary = drain(engine, owner=owner, batch_size=batch_size, workers=workers, kinds=kinds,
                     lease_s=lease_s or DEFAULT_LEASE_SECONDS, on_batch=published, stop=stop,
-                    should_stop=should_stop)
+                    should_stop=should_stop, policy_source=policy_source or load_policy_block)
     update_progress_artifact(progress, 100.0, description=(
         f"{summary['claimed']} operation(s): {summary['succeeded']} succeeded, "
         f"{summary['failed']} failed"))
@@ -71,12 +75,13 @@ def execute_operation_batches(engine: Engine, owner: str, batch_size: int = 100,
 
 def serve_operations(lifetime_s: float, poll_s: float, batch_size: int, workers: int,
                      burst=None) -> dict:
-    """One executor service instance (``pamflow.executor.serve``) on the configured store;
+    """One executor service instance (``pamflow.operations.executor.serve``) on the configured store;
     ``burst`` runs each burst of work (the task above, so the UI shows one task run each)."""
-    from pamflow.executor import new_owner, serve
+    from pamflow.operations.executor import new_owner, serve
 
     return serve(lifetime_s, poll_s, _store(), owner=new_owner("executor-service"),
-                 batch_size=batch_size, workers=workers, burst=burst)
+                 batch_size=batch_size, workers=workers, burst=burst,
+                 policy_source=load_policy_block)
 
 
 def publish_executor_report(summary: dict, key: str = "operation-executor") -> UUID:
@@ -90,7 +95,7 @@ def publish_executor_report(summary: dict, key: str = "operation-executor") -> U
 @task(name="retry-failed-operations")
 def retry_failed_operations(limit: int = 1000) -> list[int]:
     """Re-queue failed, retryable operations whose backoff has passed."""
-    from pamflow.queue import retry_failed
+    from pamflow.operations.queue import retry_failed
 
     return retry_failed(_store(), limit=limit)
 
@@ -98,7 +103,7 @@ def retry_failed_operations(limit: int = 1000) -> list[int]:
 @task(name="cancel-expired-operations")
 def cancel_expired_operations() -> list[dict]:
     """Cancel queued operations past their expiry."""
-    from pamflow.queue import cancel_expired
+    from pamflow.operations.queue import cancel_expired
 
     return cancel_expired(_store())
 
@@ -124,9 +129,9 @@ def describe_operations(ids: list[int]) -> list[dict]:
 @task(name="recover-credentials")
 def recover_credentials(workers: int = 16) -> dict:
     """Release expired leases, queue reconciliation for every unsettled credential, run it."""
-    from pamflow.rotation import recover
+    from pamflow.operations.executor import recover
 
-    return recover(_store(), workers=workers)
+    return recover(_store(), workers=workers, policy_source=load_policy_block)
 
 
 @task(name="credential-statuses")
@@ -148,7 +153,7 @@ def credential_statuses(ids: list[int]) -> list[dict]:
 @task(name="queue-due-password-changes")
 def queue_due_password_changes(limit: int = 5000) -> list[dict]:
     """Queue changes for credentials past expiry or due by their change interval."""
-    from pamflow.rotation import queue_due_changes
+    from pamflow.credentials import queue_due_changes
 
     return queue_due_changes(_store(), limit=limit)
 
@@ -156,7 +161,7 @@ def queue_due_password_changes(limit: int = 5000) -> list[dict]:
 @task(name="queue-password-checks")
 def queue_password_checks(max_age_hours: float = 24.0, limit: int = 5000) -> list[dict]:
     """Queue verify operations for credentials not verified within ``max_age_hours``."""
-    from pamflow.rotation import queue_password_checks as queue_checks
+    from pamflow.credentials import queue_password_checks as queue_checks
 
     return queue_checks(_store(), max_age=timedelta(hours=max_age_hours), limit=limit)
 
@@ -165,8 +170,8 @@ def queue_password_checks(max_age_hours: float = 24.0, limit: int = 5000) -> lis
 def queue_password_change_reminders(days_before: int | None = None) -> list[dict]:
     """Queue "Password change reminder" notifications (system parameter
     ``password_change_reminder_days``, default 7, unless ``days_before`` is given)."""
+    from pamflow.credentials import queue_change_reminders
     from pamflow.models import SystemParameter
-    from pamflow.rotation import queue_change_reminders
 
     engine = _store()
     if days_before is None:
@@ -181,7 +186,7 @@ def queue_password_change_reminders(days_before: int | None = None) -> list[dict
 @task(name="process-password-reservations")
 def process_password_reservations() -> list[dict]:
     """Start/end reservations whose time has come and queue their changes."""
-    from pamflow.rotation import process_reservations
+    from pamflow.credentials import process_reservations
 
     return process_reservations(_store())
 

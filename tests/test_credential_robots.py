@@ -10,8 +10,13 @@ import pytest
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from pamflow import queue
 from pamflow.cli import app
+from pamflow.credentials import (
+    process_reservations,
+    queue_change_reminders,
+    queue_due_changes,
+    queue_password_checks,
+)
 from pamflow.models import (
     Credential,
     Device,
@@ -20,12 +25,7 @@ from pamflow.models import (
     PasswordReservation,
     utcnow,
 )
-from pamflow.rotation import (
-    process_reservations,
-    queue_change_reminders,
-    queue_due_changes,
-    queue_password_checks,
-)
+from pamflow.operations import queue
 from pamflow.targets import reset_targets
 from tests.test_rotation import (
     add_credential,

@@ -18,8 +18,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from pamflow import queue
 from pamflow.models import Device
+from pamflow.operations import queue
 from tests.test_rotation import (
     add_credential,
     logins,
@@ -36,7 +36,7 @@ PROBE_SCRIPT = r"""
 import json, sys, time
 import sqlalchemy as sa
 from sqlmodel import Session
-from pamflow import executor, queue
+from pamflow.operations import executor, queue
 start_at = float(sys.argv[1])
 
 def probe(ctx, ops):
@@ -93,13 +93,13 @@ def test_three_processes_2000_operations_each_exactly_once(pg_store):
     assert owners >= 2  # the processes really competed for the queue
 
 
-# The real executor (`python -m pamflow.executor drain`), whose first batch waits until
+# The real executor (`python -m pamflow.operations.executor drain`), whose first batch waits until
 # the other process holds leases too: both processes are then known to take part, however
 # the machine schedules their start-up. Everything after the wait is the real rotation.
 BOTH_SCRIPT = r"""
 import sys, time
 import sqlalchemy as sa
-from pamflow import executor
+from pamflow.operations import executor
 
 change = executor.HANDLERS["change"]
 waited = []

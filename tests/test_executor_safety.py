@@ -29,11 +29,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from pamflow import faults, queue
-from pamflow.executor import drain
+from pamflow import faults
+from pamflow.credentials import queue_due_changes
 from pamflow.models import Credential, CredentialHistory, Device, Operation, utcnow
+from pamflow.operations import queue
+from pamflow.operations.executor import drain, recover
 from pamflow.platform import free_port
-from pamflow.rotation import queue_due_changes, recover
 from pamflow.targets import register_target, reset_targets
 from pamflow.targets.ssh import SSHTarget
 from pamflow.vault import Keyring, Vault, credential_aad, vault
@@ -108,7 +109,7 @@ def test_a_stalled_executor_whose_lease_was_taken_writes_and_applies_nothing(sto
     for cred, _pw in creds:
         queue.enqueue(store, "change", cred.id)
     stalled = subprocess.Popen(
-        [sys.executable, "-m", "pamflow.executor", "drain"], cwd=ROOT,
+        [sys.executable, "-m", "pamflow.operations.executor", "drain"], cwd=ROOT,
         env=executor_env(store, PAMFLOW_FAULT_AFTER_STEP=stall_after, PAMFLOW_FAULT_ACTION="stop",
                          PAMFLOW_LEASE_SECONDS="3"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -303,7 +304,7 @@ def _assert_stopped_cleanly(store, sshd, creds):
 
 def test_sigterm_stops_the_executor_service_and_gives_back_what_it_has_not_started(store, sshd):
     creds = _many_changes(store, sshd, 24, "sv")
-    proc = subprocess.Popen([sys.executable, "-m", "pamflow.executor", "serve", "300"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pamflow.operations.executor", "serve", "300"], cwd=ROOT,
                             env=executor_env(store, PAMFLOW_BATCH_SIZE="2"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: any(o.state == "succeeded" for o in operations(store)), "a first change")
@@ -385,7 +386,7 @@ def test_sigkill_after_the_target_took_the_change_before_it_was_recorded(store, 
     creds = accounts(store, sshd, dev, 3, "ta")
     for cred, _pw in creds:
         queue.enqueue(store, "change", cred.id)
-    proc = subprocess.run([sys.executable, "-m", "pamflow.executor", "drain"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "pamflow.operations.executor", "drain"], cwd=ROOT,
                           env=executor_env(store, PAMFLOW_FAULT_AFTER_STEP="target_applied",
                                            PAMFLOW_LEASE_SECONDS="60"),
                           capture_output=True, text=True, timeout=120)

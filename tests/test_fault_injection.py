@@ -18,11 +18,11 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from pamflow import queue
-from pamflow.executor import drain
+from pamflow.credentials import STEPS
 from pamflow.models import Credential, Device, Operation, utcnow
+from pamflow.operations import queue
+from pamflow.operations.executor import drain, recover
 from pamflow.platform import free_port
-from pamflow.rotation import STEPS, recover
 from pamflow.targets import register_target, reset_targets
 from pamflow.targets.ssh import SSHTarget
 from tests.peers.sshd import SSHD
@@ -67,7 +67,7 @@ def accounts(store, sshd, dev, n: int, tag: str) -> list[tuple[Credential, str]]
 def run_executor_subprocess(store, env_extra: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, "PAMFLOW_DATABASE_URL": str(store.url), "PAMFLOW_EMIT_EVENTS": "0",
            "PAMFLOW_LEASE_SECONDS": "60", **env_extra}
-    return subprocess.run([sys.executable, "-m", "pamflow.executor", "drain"], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "pamflow.operations.executor", "drain"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

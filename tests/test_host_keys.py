@@ -17,11 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from pamflow import audit, queue
+from pamflow import audit
 from pamflow.cli import app
-from pamflow.executor import drain
 from pamflow.hostkeys import HostKeyError, parse_host_key, pin_host_key, recorded_host_keys
 from pamflow.models import AuditLog, Device, HostKey
+from pamflow.operations import queue
+from pamflow.operations.executor import drain
 from pamflow.targets.base import Change, Endpoint, HostKeyChanged, Login
 from pamflow.targets.ssh import SSHTarget, StoreHostKeys
 from tests.test_rotation import (  # noqa: F401  (autouse fixture)

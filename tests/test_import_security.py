@@ -262,9 +262,8 @@ def test_a_differing_secret_over_an_ok_credential_waits_as_a_candidate(pg_store,
 
 
 def test_imported_secrets_are_verified_before_adoption_and_never_pushed(store, sshd, uploads):
-    from pamflow import queue
-    from pamflow.executor import drain
-    from pamflow.rotation import recover
+    from pamflow.operations import queue
+    from pamflow.operations.executor import drain, recover
     from tests.test_rotation import (
         add_credential,
         assert_no_secret,
@@ -402,10 +401,10 @@ def test_the_copy_option_of_the_cli_imports_a_file_from_elsewhere(store, uploads
 
     elsewhere = write_csv(tmp_path / "elsewhere.csv", [["10.3.0.1", "", "root", "Cli-Secret"]])
     runner = CliRunner()
-    res = runner.invoke(app, ["import", str(elsewhere), "--no-prefect"], env={"COLUMNS": "300"})
+    res = runner.invoke(app, ["import", str(elsewhere)], env={"COLUMNS": "300"})
     flat = "".join(res.output.split())
     assert res.exit_code == 2 and "nosuchfileintheuploaddirectory" in flat and "pass--copy" in flat
-    res = runner.invoke(app, ["import", str(elsewhere), "--no-prefect", "--copy", "--tenant", "acme"],
+    res = runner.invoke(app, ["import", str(elsewhere), "--copy", "--tenant", "acme"],
                         env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
     [copy] = list(uploads.glob("*-elsewhere.csv"))

@@ -1,6 +1,6 @@
 from types import SimpleNamespace
 
-from pamflow.panel import _instances, _schedule_text, time_window
+from pamflow.cli.panel import _instances, _schedule_text, time_window
 
 
 def test_time_window_from_cron_hours():

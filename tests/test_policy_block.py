@@ -9,10 +9,10 @@ import logging
 import pytest
 from sqlmodel import Session
 
-from blocks.password_policy import PasswordPolicyBlock, clear_cache
-from pamflow import queue
-from pamflow.executor import drain
+from blocks.password_policy import PasswordPolicyBlock, clear_cache, load_policy_block
 from pamflow.models import SystemParameter
+from pamflow.operations import queue
+from pamflow.operations.executor import drain
 from pamflow.passwords import CLASSES, FLOOR_PARAMETER
 from tests.test_rotation import (  # noqa: F401  (autouse fixture)
     _quiet_events,
@@ -30,7 +30,8 @@ def rotate(store, sshd, policy: str, initial: str) -> tuple[str, str]:
     user = sshd.add_account(initial)
     cred = add_credential(store, dev, user, initial, policy=policy)
     queue.enqueue(store, "change", cred.id, requested_by="test")
-    assert drain(store)["succeeded"] == 1
+    # the Prefect layer hands the executor its policy source: the blocks
+    assert drain(store, policy_source=load_policy_block)["succeeded"] == 1
     return user, secret_of(store, cred.id)
 
 

@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from pamflow import queue
 from pamflow.models import AuditLog, Credential, Device, Operation, utcnow
+from pamflow.operations import queue
 
 
 @pytest.fixture(autouse=True)
@@ -194,7 +194,7 @@ def test_concurrent_claims_on_sqlite_never_share_an_operation(store):
 
 
 def test_serve_picks_up_work_queued_while_it_polls(store):
-    from pamflow import executor
+    from pamflow.operations import executor
 
     with Session(store) as db:
         dev = Device(name="svc", address="10.0.0.9")

@@ -17,8 +17,6 @@ import paramiko
 import pytest
 from sqlmodel import Session, select
 
-from pamflow import queue
-from pamflow.executor import drain
 from pamflow.models import (
     AuditLog,
     Credential,
@@ -28,7 +26,8 @@ from pamflow.models import (
     Operation,
     SystemParameter,
 )
-from pamflow.rotation import recover
+from pamflow.operations import queue
+from pamflow.operations.executor import drain, recover
 from pamflow.targets import reset_targets
 from pamflow.vault import credential_aad, vault
 

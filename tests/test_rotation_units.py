@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pamflow.credentials.work import _endpoint
 from pamflow.models import Device
-from pamflow.rotation import _endpoint
 
 
 def test_endpoint_uses_the_port_the_protocol_listens_on():

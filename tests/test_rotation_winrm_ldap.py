@@ -13,9 +13,9 @@ import secrets
 
 from sqlmodel import Session
 
-from pamflow import queue
-from pamflow.executor import drain
 from pamflow.models import Credential, CredentialStatus, Device
+from pamflow.operations import queue
+from pamflow.operations.executor import drain
 from pamflow.vault import credential_aad, vault
 from tests.fixtures.winrm import ADMIN, ADMIN_PASSWORD
 from tests.test_rotation import (  # noqa: F401  (autouse fixture)

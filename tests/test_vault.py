@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from pamflow import db, queue
-from pamflow.executor import drain
+from pamflow import db
 from pamflow.models import Credential, CredentialHistory, Device, Operation, SystemParameter, WebhookSource
+from pamflow.operations import queue
+from pamflow.operations.executor import drain
 from pamflow.passwords import PasswordPolicy, PolicyError
 from pamflow.vault import (
     Keyring,
@@ -242,7 +243,7 @@ def test_executor_gateway_and_cli_fail_fast_on_a_store_sealed_with_another_key(s
     message = "sealed with key id right; this host has wrong"
     with pytest.raises(VaultError, match=message):
         drain(store)
-    from pamflow.executor import serve
+    from pamflow.operations.executor import serve
 
     with pytest.raises(VaultError, match=message):
         serve(lifetime_s=60, engine=store)  # at once, not when work arrives

@@ -447,6 +447,9 @@ def _prefect_api() -> str | None:
     return api if _api_healthy(api) else None
 
 
+ROBOT = "batch-import-processing/batch-import-processing"
+
+
 def import_(
     file: Path = typer.Argument(..., help="The spreadsheet (.csv or .xlsx): a file of the upload "
                                           "directory (PAMFLOW_UPLOAD_DIR, default <data dir>/uploads), "
@@ -460,15 +463,20 @@ def import_(
                                    "under a new name, then import the copy. Needed for a file "
                                    "outside the upload directory; the copy stays there."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any row was rejected."),
-    no_prefect: bool = typer.Option(False, "--no-prefect",
-                                    help="Import directly, without recording a Prefect flow run."),
+    robot: bool = typer.Option(False, "--robot",
+                               help="Run the batch-import-processing robot on a worker (a flow "
+                                    "run in the Prefect UI) and wait for it, instead of "
+                                    "importing in this process."),
+    timeout: float = typer.Option(600, help="With --robot: seconds to wait for the run."),
 ) -> None:
-    """Import devices and credentials from a spreadsheet (the batch import robot, in-process).
+    """Import devices and credentials from a spreadsheet, as the batch import robot does.
 
     Imports read only from the upload directory (symlinks leaving it are refused); use
-    --copy for a file elsewhere. The run is recorded in Prefect when its API answers.
-    Exit code 2 when the file cannot be read at all (nothing is imported); with --strict,
-    1 when rows were rejected. Rejected rows go to <data dir>/import-errors/.
+    --copy for a file elsewhere. By default the import runs in this process; with --robot
+    the robot's deployment runs it on a worker and the flow run shows in the Prefect UI.
+    Exit code 2 when the file cannot be read at all (nothing is imported; the reason is
+    printed, one line); with --strict, 1 when rows were rejected. Rejected rows go to
+    <data dir>/import-errors/.
     """
     from pamflow import inventory
 
@@ -481,28 +489,59 @@ def import_(
             path = Path(os.path.abspath(file.expanduser()))
     except (inventory.ImportFileError, OSError) as exc:
         _fail(f"cannot import: {exc}", code=2)
-    api = None if no_prefect else _prefect_api()
-    try:
-        if api:
-            os.environ["PREFECT_API_URL"] = api
-            from flows.batch_import import batch_import_processing
-
-            summary = batch_import_processing(str(path), tenant)
-            errors = _read_error_file(summary.get("error_file"))
-        else:
-            if not no_prefect:
-                console.print("[yellow]no Prefect API answers: importing without a flow run"
-                              "[/yellow]")
+    if robot:
+        summary, errors = _import_by_robot(path, base, tenant, timeout)
+    else:
+        try:
             result = inventory.import_file(path, actor=_actor(), tenant=tenant)
-            summary, errors = result.summary(), [e.as_dict() for e in result.errors]
-    except inventory.ImportFileError as exc:
-        hint = ""
-        if not copy and not Path(os.path.realpath(path)).is_relative_to(base):
-            hint = f" (the file is outside the upload directory {base}: move it there or pass --copy)"
-        _fail(f"cannot import: {exc}{hint}", code=2)
+        except inventory.ImportFileError as exc:
+            hint = ""
+            if not copy and not Path(os.path.realpath(path)).is_relative_to(base):
+                hint = (f" (the file is outside the upload directory {base}: move it there or "
+                        "pass --copy)")
+            _fail(f"cannot import: {exc}{hint}", code=2)
+        summary, errors = result.summary(), [e.as_dict() for e in result.errors]
     _print_summary(summary, errors)
     if strict and summary["rejected"]:
         raise typer.Exit(1)
+
+
+def _import_by_robot(path: Path, base: Path, tenant: str, timeout: float
+                     ) -> tuple[dict, list[dict]]:
+    """Run the import robot's deployment for ``path`` and read its outcome from the audit log."""
+    import sqlalchemy as sa
+    from sqlmodel import select
+
+    from pamflow import db, platform
+    from pamflow.models import AuditLog, utcnow
+
+    api = _prefect_api()
+    if api is None:
+        _fail("--robot needs the Prefect API (start it with `pamflow up`, or set "
+              "PREFECT_API_URL)", code=2)
+    relative = os.path.relpath(path, base) if Path(path).is_relative_to(base) else str(path)
+    started = utcnow()
+    try:
+        run = platform.run_deployment(api, ROBOT, {"path": relative, "tenant": tenant},
+                                      timeout=timeout,
+                                      on_state=lambda s: err.print(f"robot run: {s}"))
+    except Exception as exc:  # noqa: BLE001 - no deployment, API refused: one line, exit 2
+        _fail(f"cannot start the import robot: {exc.__class__.__name__}: {str(exc)[:200]}",
+              code=2)
+    state = run.get("state") or {}
+    err.print(f"flow run {run['id']} ({run.get('name')}): {state.get('name')}", highlight=False)
+    with db.session() as s:
+        row = s.exec(select(AuditLog).where(
+            AuditLog.entity == "import_file", AuditLog.entity_id == Path(path).name,
+            AuditLog.at >= started).order_by(sa.desc(AuditLog.id))).first()
+    if row is None or state.get("type") != "COMPLETED":
+        reason = (row.detail.get("reason") if row is not None and row.action == "import_failed"
+                  else (state.get("message") or "").splitlines()[0:1])
+        if isinstance(reason, list):
+            reason = reason[0] if reason else f"the run ended {state.get('name')}"
+        _fail(f"cannot import: {reason}", code=2)
+    summary = {"path": row.detail.get("path"), **row.detail}
+    return summary, _read_error_file(summary.get("error_file"))
 
 
 def _read_error_file(path: str | None) -> list[dict]:

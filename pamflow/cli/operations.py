@@ -86,9 +86,9 @@ def queue_operation(
     requested_by: str = typer.Option("cli", help="Who asks (audited)."),
 ) -> None:
     """Queue an operation for a credential (a second identical one joins the queued one)."""
-    from pamflow import queue
     from pamflow.db import store
     from pamflow.models import utcnow
+    from pamflow.operations import queue
 
     now = utcnow()
     not_before = now + timedelta(seconds=delay_s)
@@ -107,8 +107,8 @@ def queue_operation(
 @ops_app.command("cancel")
 def cancel(operation_id: int, reason: str = typer.Option("cancelled from the CLI")) -> None:
     """Cancel a queued (or failed, awaiting retry) operation."""
-    from pamflow import queue
     from pamflow.db import store
+    from pamflow.operations import queue
 
     if not queue.cancel(store(), operation_id, reason=reason, actor="cli"):
         console.print(f"[red]operation {operation_id} is not queued or failed (or does not "
@@ -123,10 +123,12 @@ def recover(
     workers: int = typer.Option(16, help="Concurrent target connections."),
 ) -> None:
     """Settle what crashes and outages left: expired leases, pending and unverified secrets."""
+    from blocks.password_policy import load_policy_block
     from pamflow.db import store
-    from pamflow.rotation import recover as do_recover
+    from pamflow.operations.executor import recover as do_recover
 
-    summary = do_recover(store(), run=not no_run, workers=workers)
+    summary = do_recover(store(), run=not no_run, workers=workers,
+                         policy_source=load_policy_block)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "released"}, default=str))
 
 

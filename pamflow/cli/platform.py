@@ -204,7 +204,7 @@ def _git_version() -> str | None:
 def _print_robots(as_json: bool = False) -> None:
     from prefect.client.orchestration import get_client
 
-    from pamflow.panel import robot_rows
+    from pamflow.cli.panel import robot_rows
 
     with get_client(sync_client=True) as client:
         rows = robot_rows(client)

@@ -138,7 +138,7 @@ def serve(
     import uvicorn
 
     from pamflow import db
-    from pamflow.webhooks.outbox import prefect_api_url
+    from pamflow.events import prefect_api_url
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

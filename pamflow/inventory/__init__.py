@@ -71,7 +71,7 @@ A secret for a new credential (or one that has none) is stored. A secret that di
 from an existing credential's recorded one is never written over it: when the credential
 is ``ok`` with no change in progress, it is stored as the credential's *candidate* and a
 ``verify`` operation is queued (parameters ``{"candidate": true}``); the verify adopts the
-candidate only if it logs in (see :func:`pamflow.rotation.verify_candidates`). A row that
+candidate only if it logs in (see :func:`pamflow.credentials.verify_candidates`). A row that
 would change the secret of a credential that is not ``ok`` (unverified, invalid, expired)
 or has a change in progress is rejected, and so is one whose credential's stored secret
 cannot be decrypted: it is an error, never overwritten.

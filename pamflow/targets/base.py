@@ -2,7 +2,7 @@
 
 A target knows how to *apply* a new secret to an account and how to *verify* a secret by
 logging in with it. It never stores anything: the write-ahead protocol in
-``pamflow.rotation`` decides what is pending, current or unverified.
+``pamflow.credentials`` decides what is pending, current or unverified.
 
 Errors carry the device, account and step, never a secret. The difference between
 ``AuthenticationFailed`` (the target said no: the secret is wrong) and ``Unreachable``

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ..events import prefect_api_url, prefect_auth_headers
 from ..models import WebhookDelivery, utcnow
 
 log = logging.getLogger("pamflow.webhooks")
@@ -404,28 +404,6 @@ def to_prefect_event(row: dict) -> dict:
         },
         "payload": row["payload"],
     }
-
-
-def prefect_api_url() -> str:
-    url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        try:
-            from prefect.settings import PREFECT_API_URL
-
-            url = PREFECT_API_URL.value()
-        except Exception:  # noqa: BLE001 - fall back to pamflow up's default
-            url = None
-    return (url or "http://127.0.0.1:4200/api").rstrip("/")
-
-
-def prefect_auth_headers() -> dict[str, str]:
-    headers = {}
-    auth = os.environ.get("PREFECT_API_AUTH_STRING")
-    if auth:
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    elif os.environ.get("PREFECT_API_KEY"):
-        headers["Authorization"] = "Bearer " + os.environ["PREFECT_API_KEY"]
-    return headers
 
 
 class Forwarder:

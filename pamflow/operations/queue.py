@@ -36,8 +36,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from . import audit
-from .models import Credential, Device, Operation, OperationKind, OperationState, utcnow
+from .. import audit
+from ..models import Credential, Device, Operation, OperationKind, OperationState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Enqueued:
 
 def _engine(engine: Engine | None) -> Engine:
     if engine is None:
-        from .db import store
+        from ..db import store
 
         return store()
     return engine
@@ -234,22 +234,25 @@ def emit_queued(operation_ids: Sequence[int], *, requested_by: str = "system") -
         return False
     if not os.environ.get("PREFECT_API_URL"):
         return False
-    try:
-        from prefect.events import emit_event
+    from .. import events
 
-        first = operation_ids[0]
-        emit_event(
-            event="pam.operation.queued",
-            resource={"prefect.resource.id": f"pam.operation.{first}",
-                      "prefect.resource.name": f"operation {first}"},
-            payload={"operation_ids": list(operation_ids)[:100], "count": len(operation_ids),
-                     "requested_by": requested_by},
-        )
-        return True
+    first = operation_ids[0]
+    try:
+        status = events.post_events([events.event(
+            "pam.operation.queued",
+            {"prefect.resource.id": f"pam.operation.{first}",
+             "prefect.resource.name": f"operation {first}"},
+            {"operation_ids": list(operation_ids)[:100], "count": len(operation_ids),
+             "requested_by": requested_by})], timeout=2.0)
     except Exception as exc:  # noqa: BLE001 - best effort by design
         log.warning("could not emit pam.operation.queued for %d operation(s): %s",
                     len(operation_ids), type(exc).__name__)
         return False
+    if status >= 300:
+        log.warning("Prefect refused pam.operation.queued for %d operation(s): HTTP %s",
+                    len(operation_ids), status)
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- claim

@@ -6,10 +6,10 @@ robots"): it polls the queue every ``poll_s`` seconds for ``lifetime_s`` seconds
 returns so the schedule starts a fresh instance running the newest code.
 
 While a batch runs, a heartbeat thread renews the batch's leases; if the process dies the
-leases expire and another executor (or ``rotation.recover``) reclaims the operations,
+leases expire and another executor (or ``recover``) reclaims the operations,
 which resume from their recorded step.
 
-Handlers per operation kind live in ``HANDLERS`` (``pamflow.rotation`` supplies change,
+Handlers per operation kind live in ``HANDLERS`` (``pamflow.credentials`` supplies change,
 activate, verify and reconcile); ``register_handler`` adds others (certificate and
 discovery modules, or a test's recording handler). An executor claims only the kinds it
 has handlers for, so executors of different modules share one queue.
@@ -27,19 +27,21 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from .. import credentials
+from ..credentials.work import PolicySource
+from ..models import Operation, OperationState
 from . import queue as opqueue
-from . import rotation
-from .models import Operation, OperationState
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[rotation.Context, Sequence[Operation]], None]
-HANDLERS: dict[str, Handler] = dict(rotation.HANDLERS)
+Handler = Callable[[credentials.Context, Sequence[Operation]], None]
+HANDLERS: dict[str, Handler] = dict(credentials.HANDLERS)
 
 
 def register_handler(kind: str, handler: Handler) -> None:
@@ -93,7 +95,7 @@ class _Heartbeat(threading.Thread):
         self.join(5)
 
 
-def run_batch(ctx: rotation.Context, ops: Sequence[Operation], lease_s: float) -> Counter:
+def run_batch(ctx: credentials.Context, ops: Sequence[Operation], lease_s: float) -> Counter:
     """Run one claimed batch with its handlers; returns outcome counts by final state."""
     heartbeat = _Heartbeat(ctx.engine, ops, ctx.owner or "", lease_s, ctx.lost)
     heartbeat.start()
@@ -121,7 +123,7 @@ def run_batch(ctx: rotation.Context, ops: Sequence[Operation], lease_s: float) -
     return outcome
 
 
-def _fail_leftovers(ctx: rotation.Context, ops: Sequence[Operation], why: str) -> None:
+def _fail_leftovers(ctx: credentials.Context, ops: Sequence[Operation], why: str) -> None:
     """Operations still running under our lease after their handler: fail them, retryable.
 
     Their credential keeps any pending secret and is settled by reconciliation.
@@ -159,7 +161,8 @@ def drain(engine: Engine | None = None, *, owner: str | None = None, batch_size:
           lease_s: float = opqueue.DEFAULT_LEASE_SECONDS, max_batches: int | None = None,
           on_batch: Callable[[dict], None] | None = None,
           should_stop: Callable[[], bool] | None = None, poll_s: float = 1.0,
-          pipeline: int = 2, stop: threading.Event | None = None) -> dict:
+          pipeline: int = 2, stop: threading.Event | None = None,
+          policy_source: PolicySource | None = None) -> dict:
     """Claim and run operations until the queue has nothing runnable; return counts.
 
     ``{"owner", "batches", "claimed", "succeeded", "failed", "other"}``. With
@@ -172,15 +175,16 @@ def drain(engine: Engine | None = None, *, owner: str | None = None, batch_size:
     other cores.
 
     ``stop`` (set by a stopping service): no new claim, and the batches in flight give
-    back what they have not started on a target (see ``rotation``), so the executor ends
+    back what they have not started on a target (see ``pamflow.credentials``), so the executor ends
     within seconds.
     """
-    from .db import store
+    from ..db import store
 
     engine = engine or store()
     owner = owner or new_owner()
     kinds = list(kinds or HANDLERS)
-    ctx = rotation.Context(engine=engine, owner=owner, workers=workers, stop=stop)
+    ctx = credentials.Context(engine=engine, owner=owner, workers=workers, stop=stop,
+                              policy_source=policy_source)
     totals: Counter = Counter()
     lock = threading.Lock()
     batches = [0]
@@ -239,7 +243,8 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
           on_batch: Callable[[dict], None] | None = None,
           on_idle: Callable[[], None] | None = None,
           stop: threading.Event | None = None,
-          burst: Callable[..., dict] | None = None) -> dict:
+          burst: Callable[..., dict] | None = None,
+          policy_source: PolicySource | None = None) -> dict:
     """One long-lived executor instance: poll every ``poll_s`` for ``lifetime_s`` seconds.
 
     When work is runnable it runs a *burst*: ``drain`` until nothing is runnable (or
@@ -252,8 +257,8 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
     few seconds with nothing left running under its lease. The previous signal handlers
     (Prefect's, in a flow run) are put back on return.
     """
-    from .db import store
-    from .vault import vault
+    from ..db import store
+    from ..vault import vault
 
     engine = engine or store()
     vault()  # a store sealed with another key stops this instance now, not at its first batch
@@ -274,7 +279,8 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
             if opqueue.runnable_count(engine, kinds or list(HANDLERS)):
                 done = run(engine=engine, owner=owner, batch_size=batch_size, workers=workers,
                            kinds=kinds, lease_s=lease_s, on_batch=on_batch, stop=stop,
-                           should_stop=lambda: time.monotonic() >= deadline)
+                           should_stop=lambda: time.monotonic() >= deadline,
+                           policy_source=policy_source)
                 totals.update({k: v for k, v in done.items() if isinstance(v, int)})
                 continue
             if on_idle is not None:
@@ -294,8 +300,36 @@ def _stop_requested(stop: threading.Event, signum: int) -> None:
     stop.set()
 
 
+def recover(engine: Engine | None = None, *, owner: str | None = None, run: bool = True,
+            now: datetime | None = None, workers: int = 16,
+            policy_source: PolicySource | None = None) -> dict:
+    """Settle everything a crash or an outage left behind, without a human.
+
+    1. running operations whose lease expired go back to the queue (they resume from
+       their recorded step: a pending secret is settled before anything else);
+    2. every credential reconciliation must settle (``credentials.needs_settling``) gets a
+       reconcile operation;
+    3. with ``run``, the queue is drained here, so recovery does not wait for an executor.
+    """
+    from ..db import store
+
+    engine = engine or store()
+    released = opqueue.release_expired_leases(engine, now=now)
+    cred_ids = credentials.needs_settling(engine)
+    queued = opqueue.enqueue_many(
+        engine, [dict(kind="reconcile", credential_id=c, priority=10,
+                      reason="recovery: pending, unverified or invalid secret") for c in cred_ids],
+        requested_by="recovery", emit=not run) if cred_ids else []
+    summary = {"released_leases": len(released), "reconcile_queued": len(queued),
+               "released": released, "credentials": cred_ids}
+    if run:
+        summary["drained"] = drain(engine, owner=owner or f"recovery-{os.getpid()}",
+                                   workers=workers, policy_source=policy_source)
+    return summary
+
+
 def _main(argv: list[str]) -> int:
-    """``python -m pamflow.executor [drain|serve SECONDS]`` (tests, operators)."""
+    """``python -m pamflow.operations.executor [drain|serve SECONDS]`` (tests, operators)."""
     logging.basicConfig(level=os.environ.get("PAMFLOW_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     lease = float(os.environ.get("PAMFLOW_LEASE_SECONDS") or opqueue.DEFAULT_LEASE_SECONDS)
