@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from pamflow.credentials import DueChange, QueuedCheck, Reminder, ReservationEvent
 from tasks.operations import (
     credential_statuses,
     process_password_reservations,
@@ -24,7 +25,7 @@ from tasks.operations import (
 
 
 @flow(name="expired-password")
-def expired_password(limit: int = 5000) -> list[dict]:
+def expired_password(limit: int = 5000) -> list[DueChange]:
     """Expired password: request password change tasks to the Operation Executor when the
     password has expired.
 
@@ -48,15 +49,15 @@ def password_reconciliation(workers: int = 16) -> dict:
     device's reconcile account, and records which one is true.
     """
     summary = recover_credentials(workers)
-    rows = credential_statuses(summary["credentials"])
+    rows = credential_statuses(summary.credentials)
     publish_table("password-reconciliation", rows,
-                  f"{len(rows)} credential(s) reconciled, {summary['released_leases']} "
+                  f"{len(rows)} credential(s) reconciled, {summary.released_leases} "
                   "interrupted operation(s) resumed")
-    return {k: v for k, v in summary.items() if k != "released"}
+    return summary.as_dict()
 
 
 @flow(name="password-check")
-def password_check(max_age_hours: float = 24.0, limit: int = 5000) -> list[dict]:
+def password_check(max_age_hours: float = 24.0, limit: int = 5000) -> list[QueuedCheck]:
     """Password check job: checks the validity of the passwords of the accounts periodically.
 
     Queues a verify for each credential not verified within ``max_age_hours``; the
@@ -69,7 +70,7 @@ def password_check(max_age_hours: float = 24.0, limit: int = 5000) -> list[dict]
 
 
 @flow(name="password-change-reminder")
-def password_change_reminder(days_before: int | None = None) -> list[dict]:
+def password_change_reminder(days_before: int | None = None) -> list[Reminder]:
     """Password change reminder: sends mail to the user before the password change period,
     based on the password change reminder day parameter.
 
@@ -82,7 +83,7 @@ def password_change_reminder(days_before: int | None = None) -> list[dict]:
 
 
 @flow(name="password-reservation")
-def password_reservation() -> list[dict]:
+def password_reservation() -> list[ReservationEvent]:
     """Password reservation job: future-date reservation.
 
     Starts and ends reservations whose time has come; a change is queued on start and/or

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from pamflow.operations.queue import Cancelled
 from tasks.operations import (
     cancel_expired_operations,
     describe_operations,
@@ -38,7 +39,7 @@ def operation_executor(lifetime_s: float = 3600.0, poll_s: float = 1.0, batch_si
     summary = serve_operations(lifetime_s, poll_s, batch_size, workers,
                                burst=execute_operation_batches)
     publish_executor_report(summary)
-    return summary
+    return summary.as_dict()
 
 
 @flow(name="operation-executor-retry")
@@ -55,7 +56,7 @@ def operation_executor_retry(limit: int = 1000) -> list[int]:
 
 
 @flow(name="expired-operation-cancellation")
-def expired_operation_cancellation() -> list[dict]:
+def expired_operation_cancellation() -> list[Cancelled]:
     """Expired operation cancellation: looks for queued operations that expired the execution
     time, canceling them."""
     cancelled = cancel_expired_operations()

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from .models import AuditLog, utcnow
 
@@ -44,7 +44,7 @@ def _chain_head(db: Session) -> str:
         db.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
     else:
         db.execute(sa.text("UPDATE audit_log SET id = id WHERE 0"))
-    last = db.exec(select(AuditLog.hash).order_by(AuditLog.id.desc()).limit(1)).first()
+    last = db.exec(select(col(AuditLog.hash)).order_by(col(AuditLog.id).desc()).limit(1)).first()
     return last or GENESIS
 
 
@@ -76,7 +76,7 @@ def record(
 def verify_chain(db: Session) -> int | None:
     """The id of the first row whose hash does not match, or None when the chain is intact."""
     prev = GENESIS
-    for row in db.exec(select(AuditLog).order_by(AuditLog.id)):
+    for row in db.exec(select(AuditLog).order_by(col(AuditLog.id))):
         if row.prev_hash != prev or _digest(prev, row) != row.hash:
             return row.id
         prev = row.hash

@@ -24,16 +24,17 @@ import re
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from . import audit
+from .errors import PamflowError
 from .models import AuditLog, Device, HostKey
 
 _BRACKETED = re.compile(r"^\[([^\]]+)\]:(\d+)$")
 MAX_LINE = 16 * 1024
 
 
-class HostKeyError(ValueError):
+class HostKeyError(PamflowError, ValueError):
     """A host key line, port or device that cannot be pinned; the message says why."""
 
 
@@ -136,8 +137,8 @@ def pin(db: Session, device: Device, key: str | ParsedHostKey, *, port: int | No
     port = port if port is not None else parsed.port if parsed.port is not None else ssh_port(device)
     if not 0 < port < 65536:
         raise HostKeyError(f"{port} is not a port number")
-    old = list(db.exec(select(HostKey).where(HostKey.device_id == device.id,
-                                             HostKey.port == port)))
+    old = list(db.exec(select(HostKey).where(col(HostKey.device_id) == device.id,
+                                             col(HostKey.port) == port)))
     replaced = [f"{row.key_type} {row.fingerprint}" for row in old
                 if (row.key_type, row.key_base64) != (parsed.key_type, parsed.key_base64)]
     for row in old:
@@ -178,12 +179,12 @@ class RecordedHostKey:
 def recorded_host_keys(engine: Engine, device_id: int) -> list[RecordedHostKey]:
     """The host keys recorded for a device, by port and type, each with its origin."""
     with Session(engine, expire_on_commit=False) as db:
-        keys = list(db.exec(select(HostKey).where(HostKey.device_id == device_id)
-                            .order_by(HostKey.port, HostKey.key_type)))
-        pins = db.exec(select(AuditLog).where(AuditLog.action == "pin_host_key",
-                                              AuditLog.entity == "device",
-                                              AuditLog.entity_id == str(device_id))
-                       .order_by(AuditLog.id)).all()
+        keys = list(db.exec(select(HostKey).where(col(HostKey.device_id) == device_id)
+                            .order_by(col(HostKey.port), col(HostKey.key_type))))
+        pins = db.exec(select(AuditLog).where(col(AuditLog.action) == "pin_host_key",
+                                              col(AuditLog.entity) == "device",
+                                              col(AuditLog.entity_id) == str(device_id))
+                       .order_by(col(AuditLog.id))).all()
     by = {(p.detail.get("port"), p.detail.get("fingerprint")): p.actor for p in pins}
     return [RecordedHostKey(k, by.get((k.port, k.fingerprint))) for k in keys]
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session
 
+from .errors import PamflowError
 from .models import Notification
 
 SECRET_KEYS = ("password", "secret", "passwd", "token", "private_key")
@@ -61,7 +62,7 @@ CATALOGUE: dict[str, NotificationType] = {
 }
 
 
-class UnknownNotification(KeyError):
+class UnknownNotification(PamflowError, KeyError):
     pass
 
 

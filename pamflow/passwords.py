@@ -10,6 +10,8 @@ import secrets
 import string
 from dataclasses import dataclass, field, replace
 
+from .errors import PamflowError
+
 log = logging.getLogger(__name__)
 
 CLASSES = {
@@ -20,7 +22,7 @@ CLASSES = {
 }
 
 
-class PolicyError(ValueError):
+class PolicyError(PamflowError, ValueError):
     """A password policy that cannot produce a password."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from .errors import PamflowError
+
 QUIET_ENV = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -57,7 +59,7 @@ AUTH_URL_FILE = "prefect-api-url"  # the API the secret belongs to (the server `
 AUTH_USER = "pamflow"
 
 
-class AuthFileError(RuntimeError):
+class AuthFileError(PamflowError, RuntimeError):
     """The auth file is missing, unsafe (group/other access, another owner) or unreadable."""
 
 

@@ -47,6 +47,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .config import data_dir
+from .errors import PamflowError
 
 PREFIX = "pfv1"
 KEY_FILE_NAME = "master.key"
@@ -55,7 +56,7 @@ CREDENTIAL_FIELDS = ("secret", "pending", "history", "candidate")
 WEBHOOK_FIELDS = ("secret", "previous")
 
 
-class VaultError(Exception):
+class VaultError(PamflowError):
     """A secret could not be encrypted or decrypted. The message never holds the secret."""
 
 

@@ -9,7 +9,10 @@ and publish carries ids, account and device names and counts — never a secret.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
 from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
 from prefect import task
@@ -21,8 +24,12 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from blocks.password_policy import load_policy_block
+from pamflow.credentials import DueChange, QueuedCheck, Reminder, ReservationEvent
+from pamflow.operations.executor import DrainSummary, Recovery, ServeSummary
+from pamflow.operations.queue import Cancelled
 
 TABLE_ROWS_MAX = 500
 
@@ -41,7 +48,7 @@ def execute_operation_batches(engine: Engine, owner: str, batch_size: int = 100,
                               lease_s: float | None = None, on_batch=None,
                               stop: threading.Event | None = None, should_stop=None,
                               policy_source=None,
-                              progress_key: str = "operation-executor-progress") -> dict:
+                              progress_key: str = "operation-executor-progress") -> DrainSummary:
     """Claim and run batches until the queue has nothing runnable (one task run per burst).
 
     Progress is published per batch. ``stop`` (a stopping service) and ``should_stop``
@@ -55,12 +62,12 @@ def execute_operation_batches(engine: Engine, owner: str, batch_size: int = 100,
                                         description=f"Operation executor {owner}: "
                                                     f"{expected} operation(s) runnable")
 
-    def published(summary: dict) -> None:
-        done = summary["claimed"]
+    def published(summary: DrainSummary) -> None:
+        done = summary.claimed
         update_progress_artifact(progress, min(100.0, 100.0 * done / max(expected, done)),
-                                 description=f"{done} operation(s) run in {summary['batches']} "
-                                             f"batch(es): {summary['succeeded']} succeeded, "
-                                             f"{summary['failed']} failed")
+                                 description=f"{done} operation(s) run in {summary.batches} "
+                                             f"batch(es): {summary.succeeded} succeeded, "
+                                             f"{summary.failed} failed")
         if on_batch is not None:
             on_batch(summary)
 
@@ -68,13 +75,13 @@ def execute_operation_batches(engine: Engine, owner: str, batch_size: int = 100,
                     lease_s=lease_s or DEFAULT_LEASE_SECONDS, on_batch=published, stop=stop,
                     should_stop=should_stop, policy_source=policy_source or load_policy_block)
     update_progress_artifact(progress, 100.0, description=(
-        f"{summary['claimed']} operation(s): {summary['succeeded']} succeeded, "
-        f"{summary['failed']} failed"))
+        f"{summary.claimed} operation(s): {summary.succeeded} succeeded, "
+        f"{summary.failed} failed"))
     return summary
 
 
 def serve_operations(lifetime_s: float, poll_s: float, batch_size: int, workers: int,
-                     burst=None) -> dict:
+                     burst=None) -> ServeSummary:
     """One executor service instance (``pamflow.operations.executor.serve``) on the configured store;
     ``burst`` runs each burst of work (the task above, so the UI shows one task run each)."""
     from pamflow.operations.executor import new_owner, serve
@@ -84,11 +91,11 @@ def serve_operations(lifetime_s: float, poll_s: float, batch_size: int, workers:
                  policy_source=load_policy_block)
 
 
-def publish_executor_report(summary: dict, key: str = "operation-executor") -> UUID:
+def publish_executor_report(summary: ServeSummary, key: str = "operation-executor") -> UUID:
     """What an executor instance did, as a markdown artifact (counts only)."""
-    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.items()]
+    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.as_dict().items()]
     return create_markdown_artifact("\n".join(["## Operation executor", "", *lines]), key=key,
-                                    description=f"Operation executor {summary.get('owner', '')}")
+                                    description=f"Operation executor {summary.owner}")
 
 
 # ----------------------------------------------------------------------------- queue upkeep
@@ -101,7 +108,7 @@ def retry_failed_operations(limit: int = 1000) -> list[int]:
 
 
 @task(name="cancel-expired-operations")
-def cancel_expired_operations() -> list[dict]:
+def cancel_expired_operations() -> list[Cancelled]:
     """Cancel queued operations past their expiry."""
     from pamflow.operations.queue import cancel_expired
 
@@ -118,7 +125,7 @@ def describe_operations(ids: list[int]) -> list[dict]:
     if not ids:
         return []
     with Session(_store()) as db:
-        ops = db.exec(select(Operation).where(Operation.id.in_(ids[:TABLE_ROWS_MAX]))).all()
+        ops = db.exec(select(Operation).where(col(Operation.id).in_(ids[:TABLE_ROWS_MAX]))).all()
         return [{"operation": o.id, "kind": o.kind, "credential": o.credential_id,
                  "state": o.state, "attempts": f"{o.attempts}/{o.max_attempts}",
                  "last error": (o.result or {}).get("last_error") or o.error or ""}
@@ -127,7 +134,7 @@ def describe_operations(ids: list[int]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- credentials
 @task(name="recover-credentials")
-def recover_credentials(workers: int = 16) -> dict:
+def recover_credentials(workers: int = 16) -> Recovery:
     """Release expired leases, queue reconciliation for every unsettled credential, run it."""
     from pamflow.operations.executor import recover
 
@@ -144,14 +151,14 @@ def credential_statuses(ids: list[int]) -> list[dict]:
     if not ids:
         return []
     with Session(_store()) as db:
-        rows = db.exec(select(Credential, Device).join(Device, Device.id == Credential.device_id)
-                       .where(Credential.id.in_(ids[:TABLE_ROWS_MAX]))).all()
+        rows = db.exec(select(Credential, Device).join(Device, col(Device.id) == col(Credential.device_id))
+                       .where(col(Credential.id).in_(ids[:TABLE_ROWS_MAX]))).all()
         return [{"credential": c.id, "account": c.username, "device": d.name, "status": c.status,
                  "detail": c.status_detail or ""} for c, d in rows]
 
 
 @task(name="queue-due-password-changes")
-def queue_due_password_changes(limit: int = 5000) -> list[dict]:
+def queue_due_password_changes(limit: int = 5000) -> list[DueChange]:
     """Queue changes for credentials past expiry or due by their change interval."""
     from pamflow.credentials import queue_due_changes
 
@@ -159,7 +166,7 @@ def queue_due_password_changes(limit: int = 5000) -> list[dict]:
 
 
 @task(name="queue-password-checks")
-def queue_password_checks(max_age_hours: float = 24.0, limit: int = 5000) -> list[dict]:
+def queue_password_checks(max_age_hours: float = 24.0, limit: int = 5000) -> list[QueuedCheck]:
     """Queue verify operations for credentials not verified within ``max_age_hours``."""
     from pamflow.credentials import queue_password_checks as queue_checks
 
@@ -167,7 +174,7 @@ def queue_password_checks(max_age_hours: float = 24.0, limit: int = 5000) -> lis
 
 
 @task(name="queue-password-change-reminders")
-def queue_password_change_reminders(days_before: int | None = None) -> list[dict]:
+def queue_password_change_reminders(days_before: int | None = None) -> list[Reminder]:
     """Queue "Password change reminder" notifications (system parameter
     ``password_change_reminder_days``, default 7, unless ``days_before`` is given)."""
     from pamflow.credentials import queue_change_reminders
@@ -184,7 +191,7 @@ def queue_password_change_reminders(days_before: int | None = None) -> list[dict
 
 
 @task(name="process-password-reservations")
-def process_password_reservations() -> list[dict]:
+def process_password_reservations() -> list[ReservationEvent]:
     """Start/end reservations whose time has come and queue their changes."""
     from pamflow.credentials import process_reservations
 
@@ -192,8 +199,10 @@ def process_password_reservations() -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- artifacts
-def publish_table(key: str, rows: list[dict], description: str) -> UUID:
-    """A table artifact of up to ``TABLE_ROWS_MAX`` rows (the rest counted in the text)."""
+def publish_table(key: str, rows: Sequence[Any], description: str) -> UUID:
+    """A table artifact of up to ``TABLE_ROWS_MAX`` rows (dicts or dataclasses; the rest
+    counted in the text)."""
+    rows = [asdict(r) if is_dataclass(r) and not isinstance(r, type) else r for r in rows]
     more = len(rows) - TABLE_ROWS_MAX
     if more > 0:
         description += f" (first {TABLE_ROWS_MAX} rows of {len(rows)})"

@@ -88,7 +88,7 @@ def test_due_changes_expired_interval_and_exclusions(store):
     first = queue_due_changes(store, now=now)
     again = queue_due_changes(store, now=now)  # already queued: not twice
 
-    assert {q["credential_id"] for q in first} == {expired.id, by_interval.id}
+    assert {q.credential_id for q in first} == {expired.id, by_interval.id}
     assert again == []
     assert {o.credential_id for o in queued_ops(store, "change")} == {expired.id, by_interval.id}
     with Session(store) as db:
@@ -104,7 +104,7 @@ def test_password_checks_queue_stale_ones_once(store):
     never = cred(store, dev, "never")
     recent = cred(store, dev, "recent", last_verified_at=now - timedelta(hours=1))
     queued = queue_password_checks(store, max_age=timedelta(hours=24), now=now)
-    assert {q["credential_id"] for q in queued} == {stale.id, never.id}
+    assert {q.credential_id for q in queued} == {stale.id, never.id}
     assert recent.id not in {o.credential_id for o in queued_ops(store, "verify")}
     assert queue_password_checks(store, max_age=timedelta(hours=24), now=now) == []
 
@@ -116,7 +116,7 @@ def test_change_reminder_once_per_cycle(store):
     cred(store, dev, "later", expires_at=now + timedelta(days=30))
     cred(store, dev, "none")
     sent = queue_change_reminders(store, days_before=7, now=now)
-    assert [s["credential_id"] for s in sent] == [soon.id]
+    assert [s.credential_id for s in sent] == [soon.id]
     assert queue_change_reminders(store, days_before=7, now=now + timedelta(hours=1)) == []
     [note] = notifications_of(store, "Password change reminder")
     assert "soon" in note.subject and "box" in note.subject
@@ -239,10 +239,10 @@ def test_robots_rotate_expired_passwords_for_real(store, sshd, prefect_client_sy
     retried = operation_executor_retry()
     reconciled = password_reconciliation()
 
-    assert [c["id"] for c in cancelled] == [stale]
-    assert {q["credential_id"] for q in queued} == {c.id for c, _ in olds}
-    assert summary["succeeded"] == 3 and summary["failed"] == 0
-    assert {q["credential_id"] for q in checks} >= {c.id for c, _ in olds}
+    assert [c.id for c in cancelled] == [stale]
+    assert {q.credential_id for q in queued} == {c.id for c, _ in olds}
+    assert summary["succeeded"] == 3 and summary["failed"] == 0  # flows return plain dicts
+    assert {q.credential_id for q in checks} >= {c.id for c, _ in olds}
     assert retried == [] and reconciled["reconcile_queued"] == 0
     news = [(c.username, secret_of(store, c.id)) for c, _ in olds]
     assert logins(sshd.port, news) == [True] * 3

@@ -119,7 +119,7 @@ def test_a_stalled_executor_whose_lease_was_taken_writes_and_applies_nothing(sto
         wait_for(lambda: all(o.lease_expires_at and o.lease_expires_at < utcnow()
                              for o in operations(store)), "the stalled lease to expire")
         summary = drain(store)
-        assert summary["succeeded"] == 2
+        assert summary.succeeded == 2
         after_takeover = stored_pairs(store, creds)
         assert logins(sshd.port, after_takeover) == [True, True]
     finally:
@@ -191,7 +191,7 @@ def test_retry_does_not_repeat_a_change_that_reconciliation_settled(store, sshd)
 
     register_target("ssh", lambda engine: VerifyOnClosedPort(engine))
     change = queue.enqueue(store, "change", cred.id).id
-    assert drain(store)["failed"] == 1
+    assert drain(store).failed == 1
     op = [o for o in operations(store) if o.id == change][0]
     assert op.retryable and op.result["outcome_unknown"]
 
@@ -207,7 +207,7 @@ def test_retry_does_not_repeat_a_change_that_reconciliation_settled(store, sshd)
     op = [o for o in operations(store) if o.id == change][0]
     assert op.state == "succeeded" and not op.retryable
     assert op.result["settled_by_operation"] != change
-    assert drain(store)["claimed"] == 0
+    assert drain(store).claimed == 0
     assert secret_of(store, cred.id) == holder_password
     assert recorded(store, cred.id).secret_version == 1
     assert logins(sshd.port, [(cred.username, holder_password)]) == [True]
@@ -274,7 +274,7 @@ def test_a_change_that_cannot_start_is_notified_once_and_not_requeued(store):
         row.updated_at = utcnow()
         db.add(row)
         db.commit()
-    assert [q["credential_id"] for q in queue_due_changes(store)] == [cred.id]
+    assert [q.credential_id for q in queue_due_changes(store)] == [cred.id]
 
 
 # ----------------------------------------------------------------------------- graceful stop
@@ -298,7 +298,7 @@ def _assert_stopped_cleanly(store, sshd, creds):
         assert recorded(store, cred.id).pending_secret is None
     assert all(logins(sshd.port, stored_pairs(store, creds)))
     # another executor finishes the rest
-    assert drain(store)["succeeded"] == len(given_back)
+    assert drain(store).succeeded == len(given_back)
     assert all(logins(sshd.port, stored_pairs(store, creds)))
 
 
@@ -350,7 +350,7 @@ def test_a_password_changed_outside_is_set_back_through_the_reconcile_account(st
     assert len(notifications_of(store, "Invalid password")) == 1
 
     summary = recover(store)  # the password-reconciliation robot
-    assert summary["credentials"] == [cred.id]
+    assert summary.credentials == [cred.id]
     rec = recorded(store, cred.id)
     assert rec.status == "ok" and "reconcile account" in rec.status_detail
     assert logins(sshd.port, [(cred.username, recorded_pw)]) == [True]
@@ -373,10 +373,10 @@ def test_a_failed_reconcile_of_an_invalid_password_does_not_loop(store, sshd):
         db.add(row)
         db.commit()
     first = recover(store)
-    assert first["credentials"] == [cred.id]
+    assert first.credentials == [cred.id]
     rec = recorded(store, cred.id)
     assert rec.status == "invalid" and rec.attention
-    assert recover(store)["credentials"] == []  # not again every ten minutes
+    assert recover(store).credentials == []  # not again every ten minutes
 
 
 # ----------------------------------------------------------------------------- inside the change
@@ -417,7 +417,7 @@ def test_connection_cut_while_chpasswd_runs(store, sshd):
             summary = drain(store)
         finally:
             faults.on("chpasswd_sent", None)
-        assert proxy.cuts == 1 and summary["failed"] == 6
+        assert proxy.cuts == 1 and summary.failed == 6
         for o in operations(store):
             assert o.retryable and o.result["outcome_unknown"], o.error
             assert "outcome is unknown" in o.error and "step chpasswd" in o.error

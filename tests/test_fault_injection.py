@@ -89,7 +89,7 @@ def test_sigkill_after_each_step_then_recovery(store, sshd, step):
     # the dead executor's leases run out; recovery settles without a human
     summary = recover(store, now=utcnow() + timedelta(minutes=5))
 
-    assert summary["released_leases"] == (0 if step == "promoted" else 2)
+    assert summary.released_leases == (0 if step == "promoted" else 2)
     ops = operations(store)
     assert all(o.state == "succeeded" for o in ops), [(o.id, o.state, o.error) for o in ops]
     pairs, olds = [], []
@@ -121,7 +121,7 @@ def test_target_unreachable_between_apply_and_verify(store, sshd, caplog):
     register_target("ssh", lambda engine: VerifyOnClosedPort(engine))
     for cred, _pw in creds:
         queue.enqueue(store, "change", cred.id)
-    assert drain(store)["failed"] == 2
+    assert drain(store).failed == 2
     for cred, _pw in creds:
         rec = recorded(store, cred.id)
         assert rec.status == "unverified" and rec.pending_secret is not None
@@ -201,7 +201,7 @@ def test_device_without_credentials_and_unknown_platform(store, sshd):
     cred = add_credential(store, router, "admin", nasty("r"))
     on_empty = queue.enqueue(store, "change", device_id=empty.id).id
     on_router = queue.enqueue(store, "change", cred.id).id
-    assert drain(store)["failed"] == 2
+    assert drain(store).failed == 2
     errors = {o.id: o.error for o in operations(store)}
     assert "device empty-box has no credentials" in errors[on_empty]
     assert "no password target for platform 'network'" in errors[on_router]
@@ -222,7 +222,7 @@ def test_wrong_admin_password(store, sshd):
     pw = nasty("acct")
     cred = add_credential(store, dev, sshd.add_account(pw), pw)
     queue.enqueue(store, "change", cred.id)
-    assert drain(store)["failed"] == 1
+    assert drain(store).failed == 1
     [op] = operations(store)
     assert dev.name in op.error and cred.username in op.error and "admin login" in op.error
     assert "refused" in op.error and not op.retryable
@@ -250,10 +250,10 @@ def test_host_key_changed(store, sshd, own_sshd):
     pw = nasty("hk")
     cred = add_credential(store, dev, sshd.add_account(pw), pw)
     queue.enqueue(store, "verify", cred.id)  # first contact records the host key
-    assert drain(store)["succeeded"] == 1
+    assert drain(store).succeeded == 1
     own_sshd.restart_with_new_host_key()
     queue.enqueue(store, "change", cred.id)
-    assert drain(store)["failed"] == 1
+    assert drain(store).failed == 1
     op = operations(store)[-1]
     assert "host key" in op.error and dev.name in op.error and cred.username in op.error
     assert recorded(store, cred.id).pending_secret is None
@@ -271,7 +271,7 @@ def test_timeout_on_a_silent_host(store, sshd, monkeypatch):
         pw = nasty("to")
         cred = add_credential(store, dev, sshd.add_account(pw), pw)
         queue.enqueue(store, "change", cred.id)
-        assert drain(store)["failed"] == 1
+        assert drain(store).failed == 1
     finally:
         silent.close()
     [op] = operations(store)

@@ -182,7 +182,7 @@ def test_pinned_key_is_checked_on_first_contact_and_rotation_runs(store, sshd, c
 
     summary = drain(store)
 
-    assert summary["succeeded"] == 2 and summary["failed"] == 0
+    assert summary.succeeded == 2 and summary.failed == 0
     new = secret_of(store, cred.id)
     assert ssh_login(sshd.port, user, new) and not ssh_login(sshd.port, user, pw)
     # the pinned row is the only one, untouched: nothing was recorded on contact
@@ -212,7 +212,7 @@ def test_wrong_pinned_key_stops_before_any_user_or_password_is_sent(store, sshd,
     queue.enqueue(store, "change", cred.id, requested_by="test")
     summary = drain(store)
 
-    assert summary["failed"] == 1
+    assert summary.failed == 1
     [op] = operations(store)
     assert "host key" in op.error and op.retryable is False
     # sshd never saw either user try to authenticate

@@ -303,11 +303,11 @@ def test_imported_secrets_are_verified_before_adoption_and_never_pushed(store, s
 
     # the change of account 4 runs first and voids its candidate
     queue.enqueue(store, "change", c4.id)
-    assert drain(store, kinds=["change"])["succeeded"] == 1
+    assert drain(store, kinds=["change"]).succeeded == 1
     assert recorded(store, c4.id).candidate_secret is None
 
     summary = drain(store)
-    assert summary["failed"] == 0, summary
+    assert summary.failed == 0, summary
     r1, r2, r4 = recorded(store, c1.id), recorded(store, c2.id), recorded(store, c4.id)
     assert opened(r1) == real1 and r1.secret_version == 1 and r1.status == "ok"
     assert r1.candidate_secret is None

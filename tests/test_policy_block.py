@@ -31,7 +31,7 @@ def rotate(store, sshd, policy: str, initial: str) -> tuple[str, str]:
     cred = add_credential(store, dev, user, initial, policy=policy)
     queue.enqueue(store, "change", cred.id, requested_by="test")
     # the Prefect layer hands the executor its policy source: the blocks
-    assert drain(store, policy_source=load_policy_block)["succeeded"] == 1
+    assert drain(store, policy_source=load_policy_block).succeeded == 1
     return user, secret_of(store, cred.id)
 
 

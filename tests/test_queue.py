@@ -128,8 +128,8 @@ def test_release_expired_leases_requeues_with_step_kept(store):
         db.add(row)
         db.commit()
     released = queue.release_expired_leases(store, now=utcnow() + timedelta(seconds=10))
-    assert released == [{"id": op_id, "kind": "change", "credential_id": c, "owner": "dead",
-                         "step": "applied"}]
+    assert released == [queue.ReleasedLease(id=op_id, kind="change", credential_id=c,
+                                            owner="dead", step="applied")]
     row = op(store, op_id)
     assert row.state == "queued" and row.step == "applied" and "lost its lease" in row.error
 
@@ -162,7 +162,7 @@ def test_cancel_expired_says_so(store):
     later = now + timedelta(minutes=1)
     assert queue.claim(store, "x", 10, now=later)[0].id == fresh  # expired ones never run
     cancelled = queue.cancel_expired(store, now=later)
-    assert [c["id"] for c in cancelled] == [stale]
+    assert [c.id for c in cancelled] == [stale]
     row = op(store, stale)
     assert row.state == "cancelled" and row.error.startswith("expired: not started before")
     with Session(store) as db:
@@ -233,5 +233,5 @@ def test_serve_picks_up_work_queued_while_it_polls(store):
         executor.HANDLERS.pop("discovery", None)
     # an instance ends by itself when its lifetime is over
     short = executor.serve(lifetime_s=0.3, poll_s=0.05, engine=store, kinds=["verify"])
-    assert short["claimed"] == 0 and short["polls"] >= 1
-    assert result["claimed"] == 5 and result["succeeded"] == 5
+    assert short.claimed == 0 and short.polls >= 1
+    assert result.claimed == 5 and result.succeeded == 5

@@ -189,7 +189,7 @@ def test_change_rotates_real_accounts_with_nasty_passwords(store, sshd, caplog):
 
     summary = drain(store, batch_size=10)
 
-    assert summary["succeeded"] == 4 and summary["failed"] == 0 and summary["batches"] == 1
+    assert summary.succeeded == 4 and summary.failed == 0 and summary.batches == 1
     news = {c.id: secret_of(store, c.id) for c in creds}
     assert set(NASTY_CHARS) <= set("".join(news.values()))  # every troublemaker was used
     for cred_id, new in news.items():
@@ -222,7 +222,7 @@ def test_self_service_change_without_admin(store, sshd):
     user = sshd.add_account(pw)
     cred = add_credential(store, dev, user, pw, policy=set_policy(store))
     queue.enqueue(store, "change", cred.id)
-    assert drain(store)["succeeded"] == 1
+    assert drain(store).succeeded == 1
     new = secret_of(store, cred.id)
     assert logins(sshd.port, [(user, new), (user, pw)]) == [True, False]
 
@@ -270,7 +270,7 @@ def test_reconcile_tries_pending_then_current_then_reconcile_account(store, sshd
 
     summary = recover(store)
 
-    assert summary["reconcile_queued"] == 3
+    assert summary.reconcile_queued == 3
     assert (secret_of(store, c1.id), secret_of(store, c2.id), secret_of(store, c3.id)) == \
         (new1, old2, new3)
     for cid in (c1.id, c2.id, c3.id):
@@ -293,7 +293,7 @@ def test_reconcile_without_a_working_secret_marks_invalid(store, sshd):
     assert rec.status == "invalid" and "no reconcile account" in rec.status_detail
     assert len(notifications_of(store, "Invalid password")) == 1
     # invalid credentials are not reconciled again and again
-    assert recover(store)["reconcile_queued"] == 0
+    assert recover(store).reconcile_queued == 0
 
 
 def test_activate_puts_recorded_password_on_target(store, sshd):
@@ -302,7 +302,7 @@ def test_activate_puts_recorded_password_on_target(store, sshd):
     u = sshd.add_account(nasty("before"))
     cred = add_credential(store, dev, u, recorded_pw)
     queue.enqueue(store, "activate", cred.id)
-    assert drain(store)["succeeded"] == 1
+    assert drain(store).succeeded == 1
     assert logins(sshd.port, [(u, recorded_pw)]) == [True]
     assert len(notifications_of(store, "Activation executed")) == 1
 
@@ -311,7 +311,7 @@ def test_activate_error_is_notified(store, sshd):
     dev, _ = make_device(store, sshd)
     cred = add_credential(store, dev, "pft-no-such-user", nasty("x"))
     queue.enqueue(store, "activate", cred.id)
-    assert drain(store)["failed"] == 1
+    assert drain(store).failed == 1
     [op] = operations(store)
     assert "pft-no-such-user" in op.error and dev.name in op.error
     assert len(notifications_of(store, "Error on activation")) == 1
@@ -333,7 +333,7 @@ def test_concurrent_drains_in_one_process_run_each_once(store, sshd):
         t.start()
     for t in threads:
         t.join()
-    assert sum(r["succeeded"] for r in results) == 12
+    assert sum(r.succeeded for r in results) == 12
     assert all(o.attempts == 1 and o.state == "succeeded" for o in operations(store))
     pairs = [(c.username, secret_of(store, c.id)) for c, _ in creds]
     assert logins(sshd.port, pairs) == [True] * 12

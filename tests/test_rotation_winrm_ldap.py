@@ -68,7 +68,7 @@ def test_winrm_accounts_rotate_through_the_executor(store, winrm_https):
 
     summary = drain(store)
 
-    assert summary["succeeded"] == 3 and summary["failed"] == 0
+    assert summary.succeeded == 3 and summary.failed == 0
     news = []
     for cred_id, (user, old) in olds.items():
         new = secret_of(store, cred_id)
@@ -100,7 +100,7 @@ def test_ldap_accounts_rotate_through_the_executor(store, slapd):
 
     summary = drain(store)
 
-    assert summary["succeeded"] == 3 and summary["failed"] == 0
+    assert summary.succeeded == 3 and summary.failed == 0
     for cred_id, (uid, old) in olds.items():
         new = secret_of(store, cred_id)
         dn = f"uid={uid},{slapd.people_dn}"
@@ -110,7 +110,7 @@ def test_ldap_accounts_rotate_through_the_executor(store, slapd):
     # a verify operation confirms the recorded secret on the directory
     first = next(iter(olds))
     queue.enqueue(store, "verify", first, requested_by="test")
-    assert drain(store)["succeeded"] == 1
+    assert drain(store).succeeded == 1
     assert notifications_of(store, "Password confirmed")
 
 
@@ -135,7 +135,7 @@ def test_untrusted_certificate_fails_the_change_for_good_with_nothing_sent(store
 
     summary = drain(store)
 
-    assert summary["failed"] == 2 and summary["succeeded"] == 0
+    assert summary.failed == 2 and summary.succeeded == 0
     for op in operations(store):
         assert op.state == "failed" and op.retryable is False, op.error
         assert "not trusted" in op.error and "connect" in op.error

@@ -278,7 +278,7 @@ def test_a_ciphertext_copied_onto_another_credential_is_never_sent(store):
         s.add(cred)
         s.commit()
     queue.enqueue(store, "verify", b)
-    assert drain(store)["failed"] == 1
+    assert drain(store).failed == 1
     with Session(store) as s:
         [op] = s.exec(select(Operation)).all()
     assert "step load" in op.error and "failed authentication" in op.error

@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlmodel import col
 
 console = Console()
 err = Console(stderr=True)
@@ -65,14 +66,14 @@ def _find_device(s, ref: str, tenant: str | None):
     address = normalize_address(ref)
     matches = []
     if address is not None:
-        query = select(Device).where(Device.address == address)
+        query = select(Device).where(col(Device.address) == address)
         if tenant:
-            query = query.where(Device.tenant == tenant)
+            query = query.where(col(Device.tenant) == tenant)
         matches = list(s.exec(query))
     if not matches:
-        query = select(Device).where(Device.name == ref)
+        query = select(Device).where(col(Device.name) == ref)
         if tenant:
-            query = query.where(Device.tenant == tenant)
+            query = query.where(col(Device.tenant) == tenant)
         matches = list(s.exec(query))
     if not matches:
         _fail(f"no device {ref!r}" + (f" in tenant {tenant!r}" if tenant else ""))
@@ -133,16 +134,16 @@ def devices_add(
             _fail(f"host_key: the device is changed over {protocol}, not SSH")
     engine = db.store()
     with db.session(engine) as s:
-        existing = s.exec(select(Device).where(Device.tenant == row.tenant,
-                                               Device.address == row.address)).first()
+        existing = s.exec(select(Device).where(col(Device.tenant) == row.tenant,
+                                               col(Device.address) == row.address)).first()
         if existing is not None:
             _fail(f"device {row.address} already exists in tenant {row.tenant} (id {existing.id})")
     out = inventory.write_rows([row], engine, source="manual", actor=_actor())
     if out.errors:
         _row_errors(out.errors)
     with db.session(engine) as s:
-        dev = s.exec(select(Device).where(Device.tenant == row.tenant,
-                                          Device.address == row.address)).one()
+        dev = s.exec(select(Device).where(col(Device.tenant) == row.tenant,
+                                          col(Device.address) == row.address)).one()
         audit.record(s, _actor(), "create", "device", dev.id,
                      {"address": dev.address, "tenant": dev.tenant, "platform": dev.platform})
         key_row = hostkeys.pin(s, dev, pinned, actor=_actor())[0] if pinned else None
@@ -196,8 +197,8 @@ def devices_host_keys(
     keys = hostkeys.recorded_host_keys(engine, dev.id)
     table = Table(title=f"Host keys of {dev.name} ({dev.address}): {len(keys)}",
                   title_justify="left")
-    for col in ("port", "type", "fingerprint", "recorded", "how"):
-        table.add_column(col)
+    for column in ("port", "type", "fingerprint", "recorded", "how"):
+        table.add_column(column)
     for r in keys:
         table.add_row(str(r.key.port), r.key.key_type, r.key.fingerprint,
                       _fmt(r.key.first_seen_at),
@@ -226,24 +227,25 @@ def devices_list(
     with db.session() as s:
         query = select(Device)
         if tenant:
-            query = query.where(Device.tenant == tenant)
+            query = query.where(col(Device.tenant) == tenant)
         if site:
-            query = query.where(Device.site == site)
+            query = query.where(col(Device.site) == site)
         if platform:
-            query = query.where(Device.platform == platform.lower())
+            query = query.where(col(Device.platform) == platform.lower())
         if search:
             like = f"%{search}%"
-            query = query.where(sa.or_(Device.name.like(like), Device.address.like(like)))
+            query = query.where(sa.or_(col(Device.name).like(like), col(Device.address).like(like)))
         total = s.exec(select(sa.func.count()).select_from(query.subquery())).one()
-        devices = list(s.exec(query.order_by(Device.tenant, Device.name, Device.id).limit(limit)))
+        devices = list(s.exec(query.order_by(col(Device.tenant), col(Device.name),
+                                             col(Device.id)).limit(limit)))
         counts = dict(s.exec(
-            select(Credential.device_id, sa.func.count()).where(
-                Credential.device_id.in_([d.id for d in devices])).group_by(Credential.device_id)
+            select(col(Credential.device_id), sa.func.count()).where(
+                col(Credential.device_id).in_([d.id for d in devices])).group_by(col(Credential.device_id))
         ).all()) if devices else {}
     table = Table(title=f"Devices ({len(devices)} of {total})", title_justify="left")
-    for col in ("id", "name", "address", "platform", "ports", "site", "tenant", "connectivity",
-                "credentials", "source"):
-        table.add_column(col, justify="right" if col in ("id", "credentials") else "left")
+    for column in ("id", "name", "address", "platform", "ports", "site", "tenant",
+                   "connectivity", "credentials", "source"):
+        table.add_column(column, justify="right" if column in ("id", "credentials") else "left")
     for d in devices:
         table.add_row(str(d.id), d.name, d.address, d.platform, _fmt(d.ports), _fmt(d.site),
                       d.tenant, d.connectivity, str(counts.get(d.id, 0)), d.source)
@@ -263,8 +265,8 @@ def devices_show(
 
     with db.session() as s:
         dev = _find_device(s, device, tenant)
-        creds = list(s.exec(select(Credential).where(Credential.device_id == dev.id)
-                            .order_by(Credential.username)))
+        creds = list(s.exec(select(Credential).where(col(Credential.device_id) == dev.id)
+                            .order_by(col(Credential.username))))
     table = Table(show_header=False, title=f"Device {dev.id}", title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -309,8 +311,8 @@ def credentials_add(
     engine = db.store()
     with db.session(engine) as s:
         dev = _find_device(s, device, tenant)
-        exists = s.exec(select(Credential).where(Credential.device_id == dev.id,
-                                                 Credential.username == username.strip())).first()
+        exists = s.exec(select(Credential).where(col(Credential.device_id) == dev.id,
+                                                 col(Credential.username) == username.strip())).first()
         if exists is not None:
             _fail(f"credential {username}@{dev.address} already exists (id {exists.id})")
     if generate:
@@ -331,8 +333,8 @@ def credentials_add(
     if out.errors:
         _row_errors(out.errors)
     with db.session(engine) as s:
-        cred = s.exec(select(Credential).where(Credential.device_id == dev.id,
-                                               Credential.username == row.username)).one()
+        cred = s.exec(select(Credential).where(col(Credential.device_id) == dev.id,
+                                               col(Credential.username) == row.username)).one()
         audit.record(s, _actor(), "create", "credential", cred.id,
                      {"device_id": dev.id, "username": cred.username, "kind": cred.kind})
         s.commit()
@@ -342,9 +344,10 @@ def credentials_add(
 
 def _print_credentials(creds, devices: dict) -> None:
     table = Table(title=f"Credentials ({len(creds)})", title_justify="left")
-    for col in ("id", "device", "username", "kind", "status", "version", "interval",
-                "last changed", "expires", "auto"):
-        table.add_column(col, justify="right" if col in ("id", "version", "interval") else "left")
+    for column in ("id", "device", "username", "kind", "status", "version", "interval",
+                   "last changed", "expires", "auto"):
+        table.add_column(column,
+                         justify="right" if column in ("id", "version", "interval") else "left")
     for c in creds:
         dev = devices.get(c.device_id)
         table.add_row(str(c.id), f"{dev.name} ({dev.address})" if dev else str(c.device_id),
@@ -370,14 +373,15 @@ def credentials_list(
     with db.session() as s:
         query = select(Credential)
         if device:
-            query = query.where(Credential.device_id == _find_device(s, device, tenant).id)
+            query = query.where(col(Credential.device_id) == _find_device(s, device, tenant).id)
         elif tenant:
-            query = query.join(Device, Device.id == Credential.device_id).where(Device.tenant == tenant)
+            query = query.join(Device, col(Device.id) == col(Credential.device_id)).where(
+                col(Device.tenant) == tenant)
         if status:
-            query = query.where(Credential.status == status)
-        creds = list(s.exec(query.order_by(Credential.device_id, Credential.username).limit(limit)))
+            query = query.where(col(Credential.status) == status)
+        creds = list(s.exec(query.order_by(col(Credential.device_id), col(Credential.username)).limit(limit)))
         ids = {c.device_id for c in creds}
-        devices = {d.id: d for d in s.exec(select(Device).where(Device.id.in_(ids)))} if ids else {}
+        devices = {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(ids)))} if ids else {}
     _print_credentials(creds, devices)
 
 
@@ -407,8 +411,8 @@ def credentials_show(
             dev = s.get(Device, cred.device_id)
         else:
             dev = _find_device(s, credential, tenant)
-            cred = s.exec(select(Credential).where(Credential.device_id == dev.id,
-                                                   Credential.username == username)).first()
+            cred = s.exec(select(Credential).where(col(Credential.device_id) == dev.id,
+                                                   col(Credential.username) == username)).first()
             if cred is None:
                 _fail(f"no credential {username!r} on {dev.name} ({dev.address})")
         secret_text = "********" if cred.secret else "— (none stored)"
@@ -532,8 +536,8 @@ def _import_by_robot(path: Path, base: Path, tenant: str, timeout: float
     err.print(f"flow run {run['id']} ({run.get('name')}): {state.get('name')}", highlight=False)
     with db.session() as s:
         row = s.exec(select(AuditLog).where(
-            AuditLog.entity == "import_file", AuditLog.entity_id == Path(path).name,
-            AuditLog.at >= started).order_by(sa.desc(AuditLog.id))).first()
+            col(AuditLog.entity) == "import_file", col(AuditLog.entity_id) == Path(path).name,
+            col(AuditLog.at) >= started).order_by(sa.desc(col(AuditLog.id)))).first()
     if row is None or state.get("type") != "COMPLETED":
         reason = (row.detail.get("reason") if row is not None and row.action == "import_failed"
                   else (state.get("message") or "").splitlines()[0:1])
@@ -556,8 +560,8 @@ def _read_error_file(path: str | None) -> list[dict]:
 def _print_summary(summary: dict, errors: list[dict], shown: int = 20) -> None:
     table = Table(title=f"Import of {Path(summary['path']).name} ({summary['format']})",
                   title_justify="left")
-    for col in ("rows", "created", "updated", "unchanged", "rejected"):
-        table.add_column(col, justify="right")
+    for column in ("rows", "created", "updated", "unchanged", "rejected"):
+        table.add_column(column, justify="right")
     table.add_row(*(str(summary[c]) for c in ("rows", "created", "updated", "unchanged",
                                                "rejected")))
     console.print(table)
@@ -573,8 +577,8 @@ def _print_summary(summary: dict, errors: list[dict], shown: int = 20) -> None:
                       f"{summary['error_file']}", highlight=False)
         table = Table(title=f"Rejected rows (first {min(shown, len(errors))} of {len(errors)} errors)",
                       title_justify="left")
-        for col in ("row", "column", "reason"):
-            table.add_column(col)
+        for column in ("row", "column", "reason"):
+            table.add_column(column)
         for e in errors[:shown]:
             table.add_row(str(e["row"]), e["column"], e["reason"])
         console.print(table, highlight=False)

@@ -8,6 +8,7 @@ from datetime import timedelta
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlmodel import col
 
 console = Console()
 ops_app = typer.Typer(help="The operation queue: list, show, queue, cancel, recover.",
@@ -36,13 +37,13 @@ def list_operations(
     from pamflow.db import store
     from pamflow.models import Operation
 
-    q = select(Operation).order_by(Operation.id.desc()).limit(limit)
+    q = select(Operation).order_by(col(Operation.id).desc()).limit(limit)
     if state:
-        q = q.where(Operation.state == state)
+        q = q.where(col(Operation.state) == state)
     if kind:
-        q = q.where(Operation.kind == kind)
+        q = q.where(col(Operation.kind) == kind)
     if credential is not None:
-        q = q.where(Operation.credential_id == credential)
+        q = q.where(col(Operation.credential_id) == credential)
     with Session(store()) as db:
         ops = db.exec(q).all()
     if as_json:
@@ -129,7 +130,7 @@ def recover(
 
     summary = do_recover(store(), run=not no_run, workers=workers,
                          policy_source=load_policy_block)
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "released"}, default=str))
+    typer.echo(json.dumps(summary.as_dict(), default=str))
 
 
 def register(app: typer.Typer) -> None:

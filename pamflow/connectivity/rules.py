@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from .. import audit, notifications
 from ..models import Connectivity, Device
@@ -81,7 +81,7 @@ def plan_batches(engine: Engine, batch_size: int = 1000) -> list[tuple[int, int]
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     with Session(engine) as db:
-        ids = db.exec(select(Device.id).where(Device.active).order_by(Device.id)).all()
+        ids = db.exec(select(col(Device.id)).where(col(Device.active)).order_by(col(Device.id))).all()
     return [(ids[i], ids[min(i + batch_size, len(ids)) - 1]) for i in range(0, len(ids), batch_size)]
 
 

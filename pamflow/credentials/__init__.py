@@ -54,6 +54,10 @@ from .change import (
     run_changes,
 )
 from .schedule import (
+    DueChange,
+    QueuedCheck,
+    Reminder,
+    ReservationEvent,
     due_at,
     process_reservations,
     queue_change_reminders,
@@ -93,6 +97,10 @@ HANDLERS: dict[str, Callable[[Context, Sequence[Operation]], None]] = {
 }
 
 __all__ = [
+    "DueChange",
+    "QueuedCheck",
+    "Reminder",
+    "ReservationEvent",
     "Context",
     "DEFAULT_TIMEOUT",
     "HANDLERS",

@@ -25,6 +25,7 @@ from .settle import (
     settle,
 )
 from .store import (
+    Failure,
     _advance,
     _credentials,
     _fail_works,
@@ -66,7 +67,7 @@ def run_changes(ctx: Context, ops: Sequence[Operation]) -> None:
             if res == "lost":
                 gone.add(w.op_id)
             elif res.startswith("unknown") or res == "invalid":
-                failed.append((w, f"{w.kind} of {w.where('reconcile before change')} could not "
+                failed.append(Failure(w, f"{w.kind} of {w.where('reconcile before change')} could not "
                                   f"settle the previous change: {res}", res != "invalid",
                                "reconcile"))
             elif res in ("pending", "reconcile") and w.pending_is_mine:
@@ -80,7 +81,7 @@ def run_changes(ctx: Context, ops: Sequence[Operation]) -> None:
                 w.pending = w.pending_cipher = None
         _finish_changes(ctx, done, recovered=True)
         _fail_works(ctx, failed)
-        settled_ids = {w.op_id for w in done} | {f[0].op_id for f in failed} | gone
+        settled_ids = {w.op_id for w in done} | {f.work.op_id for f in failed} | gone
         works = [w for w in works if w.op_id not in settled_ids]
     if not works:
         return
@@ -131,7 +132,7 @@ class _StepTimer:
 def _store_pending(ctx: Context, works: list[Work]) -> list[Work]:
     """Step 2: generate by policy, store encrypted as pending, commit."""
     now = utcnow()
-    bad: list[tuple] = []
+    bad: list[Failure] = []
     kept: list[Work] = []
     with Session(ctx.engine, expire_on_commit=False) as db:
         held = _hold(db, ctx, ctx.keep(works), step="pending_stored")
@@ -148,7 +149,7 @@ def _store_pending(ctx: Context, works: list[Work]) -> list[Work]:
                 cipher = ctx.vault.encrypt(w.new, credential_aad(w.credential_id, w.device_id,
                                                                  "pending"))
             except Exception as exc:  # noqa: BLE001 - policy/vault errors, per account
-                bad.append((w, f"{w.kind} of {w.where('generate')} failed: "
+                bad.append(Failure(w, f"{w.kind} of {w.where('generate')} failed: "
                                f"{_describe(exc, w.secrets)}", False, "generate"))
                 continue
             cred = creds[w.credential_id]
@@ -196,12 +197,12 @@ def _apply(ctx: Context, works: list[Work]) -> list[Work]:
 
     results = _parallel(ctx, [g[0] for g in groups], run)
     applied: list[Work] = []
-    failures: list[tuple] = []
+    failures: list[Failure] = []
     for group, res in zip(groups, results, strict=True):
         if isinstance(res, BaseException):
             for w in group:
                 step = getattr(res, "step", "") or "apply"
-                failures.append((w, f"{w.kind} of {w.where(step)} failed: "
+                failures.append(Failure(w, f"{w.kind} of {w.where(step)} failed: "
                                     f"{_describe(res, w.secrets)}", _outcome_unknown(res), step,
                                  getattr(res, "retryable", False)))
             continue
@@ -209,11 +210,11 @@ def _apply(ctx: Context, works: list[Work]) -> list[Work]:
         for w in group:
             r = by_user.get(w.username)
             if r is None:
-                failures.append((w, f"{w.kind} of {w.where('apply')} failed: the target "
+                failures.append(Failure(w, f"{w.kind} of {w.where('apply')} failed: the target "
                                     "returned no result for the account", True, "apply"))
             elif r.error is not None:
                 step = getattr(r.error, "step", "") or "apply"
-                failures.append((w, f"{w.kind} of {w.where(step)} failed: "
+                failures.append(Failure(w, f"{w.kind} of {w.where(step)} failed: "
                                     f"{_describe(r.error, w.secrets)}",
                                  _outcome_unknown(r.error), step, r.error.retryable))
             else:
@@ -241,12 +242,12 @@ def _verify_new(ctx: Context, works: list[Work]) -> list[Work]:
     results = _parallel(ctx, works, lambda w: _verify(ctx, w, w.new or ""))
     verified: list[Work] = []
     refused: list[Work] = []
-    failures: list[tuple] = []
+    failures: list[Failure] = []
     for w, res in zip(works, results, strict=True):
         if res is True:
             verified.append(w)
         elif isinstance(res, BaseException):
-            failures.append((w, f"{w.kind} of {w.where('verify')} is inconclusive: "
+            failures.append(Failure(w, f"{w.kind} of {w.where('verify')} is inconclusive: "
                                 f"{_describe(res, w.secrets)}; the credential is unverified "
                                 "until reconciliation settles it", True, "verify"))
         else:
@@ -261,7 +262,7 @@ def _verify_new(ctx: Context, works: list[Work]) -> list[Work]:
             elif res == "lost":
                 continue
             else:
-                failures.append((w, f"{w.kind} of {w.where('verify')} failed: the target took "
+                failures.append(Failure(w, f"{w.kind} of {w.where('verify')} failed: the target took "
                                     f"the change but the new password does not log in; "
                                     f"reconciliation: {res}", res.startswith("unknown"),
                                  "verify"))

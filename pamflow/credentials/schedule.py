@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from .. import audit, notifications
 from ..models import (
@@ -32,6 +33,48 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- scheduling
 # What the credential robots put in the queue (flows/credentials.py); no target is touched.
+@dataclass(frozen=True)
+class DueChange:
+    """A change queued for a credential past its expiry or change interval."""
+
+    credential_id: int
+    account: str
+    device: str
+    due_at: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class QueuedCheck:
+    """A password check (verify) queued for a credential."""
+
+    credential_id: int
+    account: str
+    device: str
+
+
+@dataclass(frozen=True)
+class Reminder:
+    """A "Password change reminder" queued for a credential due soon."""
+
+    credential_id: int
+    device_id: int
+    device: str
+    account: str
+    due_at: str
+
+
+@dataclass(frozen=True)
+class ReservationEvent:
+    """A reservation that started or ended, and whether a change was queued for it."""
+
+    reservation_id: int
+    credential_id: int
+    requested_by: str
+    phase: str
+    change_queued: bool
+
+
 def due_at(cred: Credential) -> datetime | None:
     """When ``cred``'s password is due to change: its expiry, else last change + interval."""
     if cred.expires_at is not None:
@@ -42,21 +85,21 @@ def due_at(cred: Credential) -> datetime | None:
 
 
 def _busy_credentials(kinds: Sequence[str]):
-    return select(Operation.credential_id).where(
-        Operation.credential_id.is_not(None), Operation.kind.in_(list(kinds)),
-        Operation.state.in_([OperationState.queued, OperationState.running]))
+    return select(col(Operation.credential_id)).where(
+        col(Operation.credential_id).is_not(None), col(Operation.kind).in_(list(kinds)),
+        col(Operation.state).in_([OperationState.queued, OperationState.running]))
 
 
 def _reserved_now(now: datetime):
     from ..models import PasswordReservation
 
-    return select(PasswordReservation.credential_id).where(
-        PasswordReservation.state == "active", PasswordReservation.starts_at <= now,
-        PasswordReservation.ends_at > now)
+    return select(col(PasswordReservation.credential_id)).where(
+        col(PasswordReservation.state) == "active", col(PasswordReservation.starts_at) <= now,
+        col(PasswordReservation.ends_at) > now)
 
 
 def queue_due_changes(engine: Engine, *, now: datetime | None = None, limit: int = 5000,
-                      actor: str = "robot:expired-password") -> list[dict]:
+                      actor: str = "robot:expired-password") -> list[DueChange]:
     """Queue a change for every auto-changed credential past its expiry or change interval.
 
     Skipped: devices inactive or in maintenance mode, credentials with a change already
@@ -66,18 +109,18 @@ def queue_due_changes(engine: Engine, *, now: datetime | None = None, limit: int
     changed since. A due credential is marked ``expired``.
     """
     now = now or utcnow()
-    queued: list[dict] = []
+    queued: list[DueChange] = []
     with Session(engine, expire_on_commit=False) as db:
         rows = db.exec(
-            select(Credential, Device).join(Device, Device.id == Credential.device_id).where(
-                Credential.auto_change == sa.true(), Device.active == sa.true(),
-                Device.maintenance_mode == sa.false(), Credential.secret.is_not(None),
-                Credential.status.in_([CredentialStatus.ok, CredentialStatus.expired]),
-                sa.or_(Credential.expires_at.is_not(None),
-                       Credential.change_interval_days.is_not(None)),
-                Credential.id.not_in(_busy_credentials([OperationKind.change])),
-                Credential.id.not_in(_reserved_now(now)), attention_cleared())
-            .order_by(Credential.id)).all()
+            select(Credential, Device).join(Device, col(Device.id) == col(Credential.device_id)).where(
+                col(Credential.auto_change) == sa.true(), col(Device.active) == sa.true(),
+                col(Device.maintenance_mode) == sa.false(), col(Credential.secret).is_not(None),
+                col(Credential.status).in_([CredentialStatus.ok, CredentialStatus.expired]),
+                sa.or_(col(Credential.expires_at).is_not(None),
+                       col(Credential.change_interval_days).is_not(None)),
+                col(Credential.id).not_in(_busy_credentials([OperationKind.change])),
+                col(Credential.id).not_in(_reserved_now(now)), attention_cleared())
+            .order_by(col(Credential.id))).all()
         items = []
         for cred, dev in rows:
             due = due_at(cred)
@@ -91,8 +134,7 @@ def queue_due_changes(engine: Engine, *, now: datetime | None = None, limit: int
                 cred.updated_at = now
                 db.add(cred)
             items.append(dict(kind="change", credential_id=cred.id, reason=why, priority=50))
-            queued.append({"credential_id": cred.id, "account": cred.username,
-                           "device": dev.name, "due_at": due.isoformat(), "reason": why})
+            queued.append(DueChange(cred.id, cred.username, dev.name, due.isoformat(), why))
             if len(items) >= limit:
                 break
         db.commit()
@@ -103,20 +145,20 @@ def queue_due_changes(engine: Engine, *, now: datetime | None = None, limit: int
 
 def queue_password_checks(engine: Engine, *, max_age: timedelta = timedelta(hours=24),
                           now: datetime | None = None, limit: int = 5000,
-                          actor: str = "robot:password-check") -> list[dict]:
+                          actor: str = "robot:password-check") -> list[QueuedCheck]:
     """Queue a verify for credentials not verified within ``max_age`` (the password check)."""
     now = now or utcnow()
     with Session(engine) as db:
         rows = db.exec(
-            select(Credential.id, Credential.username, Device.name)
-            .join(Device, Device.id == Credential.device_id).where(
-                Device.active == sa.true(), Device.maintenance_mode == sa.false(),
-                Credential.secret.is_not(None), Credential.pending_secret.is_(None),
-                Credential.status != CredentialStatus.unverified, attention_cleared(),
-                sa.or_(Credential.last_verified_at.is_(None),
-                       Credential.last_verified_at < now - max_age),
-                Credential.id.not_in(_busy_credentials(list(OperationKind))))
-            .order_by(Credential.last_verified_at.is_not(None), Credential.last_verified_at)
+            select(col(Credential.id), col(Credential.username), col(Device.name))
+            .join(Device, col(Device.id) == col(Credential.device_id)).where(
+                col(Device.active) == sa.true(), col(Device.maintenance_mode) == sa.false(),
+                col(Credential.secret).is_not(None), col(Credential.pending_secret).is_(None),
+                col(Credential.status) != CredentialStatus.unverified, attention_cleared(),
+                sa.or_(col(Credential.last_verified_at).is_(None),
+                       col(Credential.last_verified_at) < now - max_age),
+                col(Credential.id).not_in(_busy_credentials(list(OperationKind))))
+            .order_by(col(Credential.last_verified_at).is_not(None), col(Credential.last_verified_at))
             .limit(limit)).all()
     if rows:
         opqueue.enqueue_many(engine, [dict(kind="verify", credential_id=cid, priority=200,
@@ -124,47 +166,47 @@ def queue_password_checks(engine: Engine, *, max_age: timedelta = timedelta(hour
                                            expires_at=now + max(max_age, timedelta(hours=1)))
                                       for cid, _u, _d in rows],
                              requested_by=actor)
-    return [{"credential_id": cid, "account": user, "device": dev} for cid, user, dev in rows]
+    return [QueuedCheck(cid, user, dev) for cid, user, dev in rows]
 
 
 def queue_change_reminders(engine: Engine, *, days_before: int = 7, now: datetime | None = None,
-                           actor: str = "robot:password-change-reminder") -> list[dict]:
+                           actor: str = "robot:password-change-reminder") -> list[Reminder]:
     """Queue "Password change reminder" for credentials due within ``days_before`` days.
 
     Once per change cycle: ``reminder_sent_at`` is set, and a promotion clears it.
     """
     now = now or utcnow()
     horizon = now + timedelta(days=days_before)
-    sent: list[dict] = []
+    sent: list[Reminder] = []
     with Session(engine, expire_on_commit=False) as db:
-        rows = db.exec(select(Credential, Device).join(Device, Device.id == Credential.device_id)
-                       .where(Credential.reminder_sent_at.is_(None), Device.active == sa.true(),
-                              sa.or_(Credential.expires_at.is_not(None),
-                                     Credential.change_interval_days.is_not(None)))).all()
+        rows = db.exec(select(Credential, Device).join(Device, col(Device.id) == col(Credential.device_id))
+                       .where(col(Credential.reminder_sent_at).is_(None), col(Device.active) == sa.true(),
+                              sa.or_(col(Credential.expires_at).is_not(None),
+                                     col(Credential.change_interval_days).is_not(None)))).all()
         for cred, dev in rows:
             due = due_at(cred)
             if due is None or due > horizon or due <= now:
                 continue
             days = max(0, (due - now).days)
-            context = {"credential_id": cred.id, "device_id": dev.id, "device": dev.name,
-                       "account": cred.username, "due_at": due.isoformat()}
+            reminder = Reminder(cred.id, dev.id, dev.name, cred.username, due.isoformat())
+            context = asdict(reminder)
             notifications.queue(db, "Password change reminder",
                                 f"Password change reminder: {cred.username} on {dev.name}",
                                 f"The password of {cred.username} on {dev.name} is due to change "
                                 f"on {due:%Y-%m-%d %H:%M} UTC (in {days} day(s)).", context)
             cred.reminder_sent_at = now
             db.add(cred)
-            sent.append(context)
+            sent.append(reminder)
         if sent:
             audit.record(db, actor, "credential.change_reminder", "credential", None,
-                         {"credential_ids": [c["credential_id"] for c in sent][:500],
+                         {"credential_ids": [c.credential_id for c in sent][:500],
                           "count": len(sent)})
         db.commit()
     return sent
 
 
 def process_reservations(engine: Engine, *, now: datetime | None = None,
-                         actor: str = "robot:password-reservation") -> list[dict]:
+                         actor: str = "robot:password-reservation") -> list[ReservationEvent]:
     """Start and end future-date password reservations; queue their changes.
 
     A reservation whose start has come becomes ``active`` (a change is queued when
@@ -175,15 +217,15 @@ def process_reservations(engine: Engine, *, now: datetime | None = None,
     from ..models import PasswordReservation
 
     now = now or utcnow()
-    events: list[dict] = []
+    events: list[ReservationEvent] = []
     items: list[dict] = []
     with Session(engine, expire_on_commit=False) as db:
         rows = db.exec(select(PasswordReservation).where(
-            PasswordReservation.state.in_(["scheduled", "active"]),
-            sa.or_(sa.and_(PasswordReservation.state == "scheduled",
-                           PasswordReservation.starts_at <= now),
-                   PasswordReservation.ends_at <= now))
-            .order_by(PasswordReservation.starts_at)).all()
+            col(PasswordReservation.state).in_(["scheduled", "active"]),
+            sa.or_(sa.and_(col(PasswordReservation.state) == "scheduled",
+                           col(PasswordReservation.starts_at) <= now),
+                   col(PasswordReservation.ends_at) <= now))
+            .order_by(col(PasswordReservation.starts_at))).all()
         for res in rows:
             cred = db.get(Credential, res.credential_id)
             dev = db.get(Device, cred.device_id) if cred else None
@@ -200,18 +242,18 @@ def process_reservations(engine: Engine, *, now: datetime | None = None,
                                       reason=f"reservation {res.id} {phase}",
                                       requested_by=res.requested_by,
                                       parameters={"reservation_id": res.id, "phase": phase}))
-                context = {"reservation_id": res.id, "credential_id": res.credential_id,
-                           "requested_by": res.requested_by, "phase": phase,
-                           "change_queued": bool(change and cred is not None)}
+                event = ReservationEvent(res.id, res.credential_id, res.requested_by, phase,
+                                         bool(change and cred is not None))
+                context = asdict(event)
                 verb = "started" if phase == "start" else "ended"
-                tail = "; a password change was queued" if context["change_queued"] else ""
+                tail = "; a password change was queued" if event.change_queued else ""
                 notifications.queue(db, "Password reservation",
                                     f"Password reservation {verb}: {who}",
                                     f"Reservation {res.id} of {who} by {res.requested_by} "
                                     f"{verb}{tail}.", context)
                 audit.record(db, actor, f"reservation.{phase}", "password_reservation", res.id,
                              context)
-                events.append(context)
+                events.append(event)
             db.add(res)
         db.commit()
     if items:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from .. import audit, notifications
 from ..models import (
@@ -27,6 +27,7 @@ from ..operations import queue as opqueue
 from ..targets.base import Change, TargetError
 from ..vault import VaultError
 from .store import (
+    Failure,
     _credentials,
     _fail_works,
     _hold,
@@ -220,7 +221,7 @@ def run_verifies(ctx: Context, ops: Sequence[Operation]) -> None:
     if unsettled:
         _close_settled(ctx, unsettled, settle(ctx, unsettled))
     works = [w for w in works if w not in unsettled]
-    no_secret = [(w, f"verify of {w.where('load')} failed: no recorded password", False, "load")
+    no_secret = [Failure(w, f"verify of {w.where('load')} failed: no recorded password", False, "load")
                  for w in works if not w.current]
     _fail_works(ctx, no_secret)
     works = ctx.keep([w for w in works if w.current])
@@ -235,7 +236,7 @@ def run_verifies(ctx: Context, ops: Sequence[Operation]) -> None:
             if w.op_id not in held:
                 continue
             if isinstance(res, BaseException):
-                failures.append((w, f"verify of {w.where('verify')} is inconclusive: "
+                failures.append(Failure(w, f"verify of {w.where('verify')} is inconclusive: "
                                     f"{_describe(res, w.secrets)}", True, "verify"))
                 continue
             cred, op = creds[w.credential_id], held[w.op_id]
@@ -290,14 +291,14 @@ def verify_candidates(ctx: Context, works: Sequence[Work]) -> list[Work]:
     if not ids:
         return list(works)
     with Session(ctx.engine) as db:
-        tokens = dict(db.exec(select(Credential.id, Credential.candidate_secret).where(
-            Credential.id.in_(ids), Credential.candidate_secret.is_not(None))).all())
+        tokens = dict(db.exec(select(col(Credential.id), col(Credential.candidate_secret)).where(
+            col(Credential.id).in_(ids), col(Credential.candidate_secret).is_not(None))).all())
     if not tokens:
         return list(works)
     rest = [w for w in works if w.credential_id not in tokens]
     tries: list[tuple[Work, str]] = []
     untried: list[tuple[Work, str]] = []
-    broken: list[tuple] = []
+    broken: list[Failure] = []
     for w in works:
         if w.credential_id not in tokens:
             continue
@@ -308,18 +309,18 @@ def verify_candidates(ctx: Context, works: Sequence[Work]) -> list[Work]:
         try:
             tries.append((w, ctx.vault.decrypt(tokens[w.credential_id], _aad_of(w, "candidate"))))
         except VaultError as exc:
-            broken.append((w, f"verify of the imported password of {w.where('load')} failed: {exc}",
+            broken.append(Failure(w, f"verify of the imported password of {w.where('load')} failed: {exc}",
                            False, "load"))
     candidates = {w.op_id: c for w, c in tries}
     results = _parallel(ctx, [w for w, _ in tries], lambda w: _verify(ctx, w, candidates[w.op_id]))
-    failures: list[tuple] = []
+    failures: list[Failure] = []
     now = utcnow()
     with Session(ctx.engine, expire_on_commit=False) as db:
         creds = _credentials(db, [w.credential_id for w, _ in tries + untried])
         held = opqueue.held_many(db, [w.op_id for w, _ in tries + untried], ctx.owner)
         for (w, candidate), res in zip(tries, results, strict=True):
             if isinstance(res, BaseException):
-                failures.append((w, f"verify of the imported password of {w.where('verify')} is "
+                failures.append(Failure(w, f"verify of the imported password of {w.where('verify')} is "
                                     f"inconclusive: {_describe(res, [*w.secrets, candidate])}; it "
                                     "is tried again later", False, "verify", True))
                 continue
@@ -394,7 +395,7 @@ def _close_settled(ctx: Context, works: Sequence[Work], outcomes: dict[int, str]
         for w in works:
             res = outcomes[w.op_id]
             if res.startswith("unknown"):
-                failures.append((w, f"reconciliation of {w.where('reconcile')} is inconclusive: "
+                failures.append(Failure(w, f"reconciliation of {w.where('reconcile')} is inconclusive: "
                                     f"{res[len('unknown: '):]}", True, "reconcile"))
                 continue
             op = held.get(w.op_id)
@@ -418,17 +419,18 @@ def needs_settling(engine: Engine) -> list[int]:
     the recorded one back). A credential found invalid twice, or invalid despite a
     reconcile account, is flagged for attention and waits until it changes."""
     with Session(engine) as db:
-        busy = select(Operation.credential_id).where(
-            Operation.credential_id.is_not(None),
-            Operation.state.in_([OperationState.queued, OperationState.running]),
-            Operation.kind.in_([OperationKind.change, OperationKind.activate,
+        busy = select(col(Operation.credential_id)).where(
+            col(Operation.credential_id).is_not(None),
+            col(Operation.state).in_([OperationState.queued, OperationState.running]),
+            col(Operation.kind).in_([OperationKind.change, OperationKind.activate,
                                 OperationKind.reconcile]))
-        rows = db.exec(select(Credential.id).join(Device, Device.id == Credential.device_id).where(
-            sa.or_(Credential.pending_secret.is_not(None),
-                   Credential.status == CredentialStatus.unverified,
-                   sa.and_(Credential.status == CredentialStatus.invalid,
-                           Device.reconcile_credential_id.is_not(None),
-                           Device.active == sa.true())),
+        rows = db.exec(select(col(Credential.id)).join(
+            Device, col(Device.id) == col(Credential.device_id)).where(
+            sa.or_(col(Credential.pending_secret).is_not(None),
+                   col(Credential.status) == CredentialStatus.unverified,
+                   sa.and_(col(Credential.status) == CredentialStatus.invalid,
+                           col(Device.reconcile_credential_id).is_not(None),
+                           col(Device.active) == sa.true())),
             attention_cleared(),
-            Credential.id.not_in(busy))).all()
+            col(Credential.id).not_in(busy))).all()
     return list(rows)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import aliased
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from .. import audit, notifications
 from ..models import (
@@ -124,17 +125,31 @@ def attention_cleared():
     admin = aliased(Credential)
     recon = aliased(Credential)
     changed_admin = sa.select(admin.updated_at).where(
-        admin.id == Device.admin_credential_id).scalar_subquery()
+        admin.id == col(Device.admin_credential_id)).scalar_subquery()
     changed_recon = sa.select(recon.updated_at).where(
-        recon.id == Device.reconcile_credential_id).scalar_subquery()
-    return sa.or_(Credential.attention.is_(None), Credential.attention_at < Credential.updated_at,
-                  Credential.attention_at < Device.updated_at,
-                  Credential.attention_at < changed_admin,
-                  Credential.attention_at < changed_recon)
+        recon.id == col(Device.reconcile_credential_id)).scalar_subquery()
+    return sa.or_(col(Credential.attention).is_(None),
+                  col(Credential.attention_at) < col(Credential.updated_at),
+                  col(Credential.attention_at) < col(Device.updated_at),
+                  col(Credential.attention_at) < changed_admin,
+                  col(Credential.attention_at) < changed_recon)
 
 
-def _fail_works(ctx: Context, failures: Sequence[tuple]) -> None:
-    """Close failed work: ``(work, error, outcome_unknown, step[, retryable])``.
+@dataclass(frozen=True)
+class Failure:
+    """A work item that failed at ``step``: its error (device, account and step named, no
+    secret), whether the target may have changed the password (``outcome_unknown``), and
+    whether trying later may work (``retryable``; an unknown outcome always may)."""
+
+    work: Work
+    error: str
+    outcome_unknown: bool
+    step: str
+    retryable: bool = False
+
+
+def _fail_works(ctx: Context, failures: Sequence[Failure]) -> None:
+    """Close failed work.
 
     Known not applied: pending cleared, status kept. Unknown: the credential is unverified
     with its pending secret, and the operation is retryable (reconciliation settles it).
@@ -142,36 +157,38 @@ def _fail_works(ctx: Context, failures: Sequence[tuple]) -> None:
     """
     if not failures:
         return
+    works = [f.work for f in failures]
     with Session(ctx.engine, expire_on_commit=False) as db:
-        held = _hold(db, ctx, [f[0] for f in failures])
-        creds = _credentials(db, [w.credential_id for w, *_ in failures if w.op_id in held])
-        for w, error, unknown, step, *rest in failures:
+        held = _hold(db, ctx, works)
+        creds = _credentials(db, [w.credential_id for w in works if w.op_id in held])
+        for f in failures:
+            w = f.work
             op = held.get(w.op_id)
             if op is None:
                 continue
             cred = creds.get(w.credential_id)
             if cred is not None:
-                if unknown:
+                if f.outcome_unknown:
                     cred.status = CredentialStatus.unverified
-                    cred.status_detail = f"{w.kind} operation {w.op_id}: {error}"[:500]
+                    cred.status_detail = f"{w.kind} operation {w.op_id}: {f.error}"[:500]
                 elif cred.pending_operation_id == w.op_id:
                     _clear_pending(cred)  # known not applied: the write-ahead is void
                 cred.updated_at = utcnow()
                 db.add(cred)
-            retryable = unknown or bool(rest and rest[0])
             # Operation.step stays the last protocol step reached; where it failed is in
             # the error text and the result
-            opqueue.mark_failed(db, op, error, retryable=retryable,
-                                result={"outcome_unknown": unknown, "failed_step": step})
-            _notify_failure(db, w.kind, w.context(), error)
+            opqueue.mark_failed(db, op, f.error, retryable=f.outcome_unknown or f.retryable,
+                                result={"outcome_unknown": f.outcome_unknown,
+                                        "failed_step": f.step})
+            _notify_failure(db, w.kind, w.context(), f.error)
             audit.record(db, ctx.actor, f"operation.{w.kind}.failed", "credential",
-                         w.credential_id, {**w.context(), "step": step, "error": error,
-                                           "outcome_unknown": unknown})
+                         w.credential_id, {**w.context(), "step": f.step, "error": f.error,
+                                           "outcome_unknown": f.outcome_unknown})
         db.commit()
-    _log_lost(ctx, [f[0] for f in failures], held, "fail")
-    for w, error, *_rest in failures:
-        if w.op_id in held:
-            log.warning("operation %s failed: %s", w.op_id, error)
+    _log_lost(ctx, works, held, "fail")
+    for f in failures:
+        if f.work.op_id in held:
+            log.warning("operation %s failed: %s", f.work.op_id, f.error)
 
 
 def _release(ctx: Context, works: Sequence[Work], why: str) -> None:
@@ -197,7 +214,7 @@ def _credentials(db: Session, ids: Iterable[int]) -> dict[int, Credential]:
     ids = list(set(ids))
     if not ids:
         return {}
-    return {c.id: c for c in db.exec(select(Credential).where(Credential.id.in_(ids)))}
+    return {c.id: c for c in db.exec(select(Credential).where(col(Credential.id).in_(ids)))}
 
 
 def _clear_pending(cred: Credential) -> None:

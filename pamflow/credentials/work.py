@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ..models import (
     Credential,
@@ -204,17 +204,17 @@ def load(ctx: Context, ops: Sequence[Operation]) -> tuple[list[Work], list[Probl
     v = ctx.vault
     with Session(ctx.engine, expire_on_commit=False) as db:
         cred_ids = {op.credential_id for op in ops if op.credential_id is not None}
-        creds = {c.id: c for c in db.exec(select(Credential).where(Credential.id.in_(cred_ids)))} \
+        creds = {c.id: c for c in db.exec(select(Credential).where(col(Credential.id).in_(cred_ids)))} \
             if cred_ids else {}
         dev_ids = {c.device_id for c in creds.values()} | {op.device_id for op in ops if op.device_id}
-        devices = {d.id: d for d in db.exec(select(Device).where(Device.id.in_(dev_ids)))} \
+        devices = {d.id: d for d in db.exec(select(Device).where(col(Device.id).in_(dev_ids)))} \
             if dev_ids else {}
         extra_ids = {i for d in devices.values()
                      for i in (d.admin_credential_id, d.reconcile_credential_id) if i}
         extra_ids -= set(creds)
         if extra_ids:
             creds.update({c.id: c for c in db.exec(select(Credential).where(
-                Credential.id.in_(extra_ids)))})
+                col(Credential.id).in_(extra_ids)))})
         for op in ops:
             if op.credential_id is None:
                 dev = devices.get(op.device_id) if op.device_id else None
@@ -223,7 +223,7 @@ def load(ctx: Context, ops: Sequence[Operation]) -> tuple[list[Work], list[Probl
                                                 f"{op.device_id} (step load)"))
                 elif dev is not None:
                     has = db.exec(select(sa.func.count()).select_from(Credential).where(
-                        Credential.device_id == dev.id)).one()
+                        col(Credential.device_id) == dev.id)).one()
                     what = "has no credentials" if not has else "names no credential"
                     problems.append(Problem(op, f"{op.kind} operation {op.id}: device {dev.name} "
                                                 f"{what} to {op.kind} (step load)", dev.name))
@@ -282,9 +282,9 @@ def _load_unconfirmed(db: Session, works: list[Work]) -> None:
                 or w.status in (CredentialStatus.unverified, CredentialStatus.invalid)}
     if not settling:
         return
-    rows = db.exec(select(CredentialHistory.credential_id, CredentialHistory.secret).where(
-        CredentialHistory.credential_id.in_(list(settling)),
-        CredentialHistory.reason.like(f"{UNCONFIRMED}%")).order_by(CredentialHistory.id.desc())
+    rows = db.exec(select(col(CredentialHistory.credential_id), col(CredentialHistory.secret)).where(
+        col(CredentialHistory.credential_id).in_(list(settling)),
+        col(CredentialHistory.reason).like(f"{UNCONFIRMED}%")).order_by(col(CredentialHistory.id).desc())
     ).all()
     for cred_id, cipher in rows:
         w = settling[cred_id]

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import PamflowError
+
 MAX_CELL = 4096
 MAX_SECRET = 1024
 MAX_TEXT = 255
@@ -46,7 +48,7 @@ _POLICY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _PORT_SPLIT = re.compile(r"[;,\s]+")
 
 
-class ImportFileError(Exception):
+class ImportFileError(PamflowError):
     """The file as a whole cannot be imported (not a spreadsheet, corrupt, no header...).
 
     Nothing was written. The message names the file and the reason, never a cell's value.

@@ -27,11 +27,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from .. import credentials
 from ..credentials.work import PolicySource
@@ -149,8 +151,8 @@ def _outcomes(engine: Engine, ids: list[int]) -> Counter:
         return Counter()
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.select(Operation.state, sa.func.count())
-                                .where(Operation.id.in_(ids)).group_by(Operation.state)).all()
+            rows = conn.execute(sa.select(col(Operation.state), sa.func.count())
+                                .where(col(Operation.id).in_(ids)).group_by(col(Operation.state))).all()
         return Counter({state: n for state, n in rows})
     except Exception:  # noqa: BLE001
         return Counter({"unknown": len(ids)})
@@ -159,14 +161,13 @@ def _outcomes(engine: Engine, ids: list[int]) -> Counter:
 def drain(engine: Engine | None = None, *, owner: str | None = None, batch_size: int = 100,
           workers: int = 16, stop_when_empty: bool = True, kinds: Sequence[str] | None = None,
           lease_s: float = opqueue.DEFAULT_LEASE_SECONDS, max_batches: int | None = None,
-          on_batch: Callable[[dict], None] | None = None,
+          on_batch: Callable[[DrainSummary], None] | None = None,
           should_stop: Callable[[], bool] | None = None, poll_s: float = 1.0,
           pipeline: int = 2, stop: threading.Event | None = None,
-          policy_source: PolicySource | None = None) -> dict:
-    """Claim and run operations until the queue has nothing runnable; return counts.
+          policy_source: PolicySource | None = None) -> DrainSummary:
+    """Claim and run operations until the queue has nothing runnable; return what was done.
 
-    ``{"owner", "batches", "claimed", "succeeded", "failed", "other"}``. With
-    ``stop_when_empty=False`` it keeps polling every ``poll_s`` until ``should_stop()``.
+    With ``stop_when_empty=False`` it keeps polling every ``poll_s`` until ``should_stop()``.
     ``on_batch(summary_so_far)`` is called after each batch (progress artifacts).
 
     ``pipeline`` batches are in flight at once (each its own claim loop under the same
@@ -175,8 +176,8 @@ def drain(engine: Engine | None = None, *, owner: str | None = None, batch_size:
     other cores.
 
     ``stop`` (set by a stopping service): no new claim, and the batches in flight give
-    back what they have not started on a target (see ``pamflow.credentials``), so the executor ends
-    within seconds.
+    back what they have not started on a target (see ``pamflow.credentials``), so the
+    executor ends within seconds.
     """
     from ..db import store
 
@@ -212,7 +213,7 @@ def drain(engine: Engine | None = None, *, owner: str | None = None, batch_size:
                 totals["claimed"] += len(ops)
                 totals.update(outcome)
                 summary = _summary(owner, batches[0], totals)
-            log.info("%s: batch %d: %d operation(s): %s", owner, summary["batches"], len(ops),
+            log.info("%s: batch %d: %d operation(s): %s", owner, summary.batches, len(ops),
                      dict(outcome))
             if on_batch is not None:
                 on_batch(summary)
@@ -230,21 +231,73 @@ def drain(engine: Engine | None = None, *, owner: str | None = None, batch_size:
     return _summary(owner, batches[0], totals)
 
 
-def _summary(owner: str, batches: int, totals: Counter) -> dict:
-    return {"owner": owner, "batches": batches, "claimed": totals["claimed"],
-            "succeeded": totals[OperationState.succeeded], "failed": totals[OperationState.failed],
-            "other": sum(n for k, n in totals.items()
-                         if k not in ("claimed", OperationState.succeeded, OperationState.failed))}
+@dataclass(frozen=True)
+class DrainSummary:
+    """What a drain did: batches run and operations claimed, by final state (``other``:
+    given back, lost to another executor, or neither succeeded nor failed)."""
+
+    owner: str
+    batches: int = 0
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    other: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ServeSummary:
+    """What one service instance did over its life."""
+
+    owner: str
+    polls: int
+    stopped: bool
+    batches: int = 0
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    other: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What recovery did: leases released (their operations queued again), credentials it
+    queued a reconcile for, and the drain that settled them (when it ran one)."""
+
+    released_leases: int
+    reconcile_queued: int
+    released: list[opqueue.ReleasedLease]
+    credentials: list[int]
+    drained: DrainSummary | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Counts and ids (the released operations are counted, not listed)."""
+        out = asdict(self)
+        out.pop("released")
+        return out
+
+
+def _summary(owner: str, batches: int, totals: Counter) -> DrainSummary:
+    return DrainSummary(
+        owner=owner, batches=batches, claimed=totals["claimed"],
+        succeeded=totals[OperationState.succeeded], failed=totals[OperationState.failed],
+        other=sum(n for k, n in totals.items()
+                  if k not in ("claimed", OperationState.succeeded, OperationState.failed)))
 
 
 def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None = None, *,
           owner: str | None = None, batch_size: int = 100, workers: int = 16,
           kinds: Sequence[str] | None = None, lease_s: float = opqueue.DEFAULT_LEASE_SECONDS,
-          on_batch: Callable[[dict], None] | None = None,
+          on_batch: Callable[[DrainSummary], None] | None = None,
           on_idle: Callable[[], None] | None = None,
           stop: threading.Event | None = None,
-          burst: Callable[..., dict] | None = None,
-          policy_source: PolicySource | None = None) -> dict:
+          burst: Callable[..., DrainSummary] | None = None,
+          policy_source: PolicySource | None = None) -> ServeSummary:
     """One long-lived executor instance: poll every ``poll_s`` for ``lifetime_s`` seconds.
 
     When work is runnable it runs a *burst*: ``drain`` until nothing is runnable (or
@@ -281,7 +334,7 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
                            kinds=kinds, lease_s=lease_s, on_batch=on_batch, stop=stop,
                            should_stop=lambda: time.monotonic() >= deadline,
                            policy_source=policy_source)
-                totals.update({k: v for k, v in done.items() if isinstance(v, int)})
+                totals.update({k: v for k, v in done.as_dict().items() if isinstance(v, int)})
                 continue
             if on_idle is not None:
                 on_idle()
@@ -289,8 +342,9 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return {"owner": owner, "polls": polls, "stopped": stop.is_set(),
-            **{k: totals[k] for k in ("batches", "claimed", "succeeded", "failed", "other")}}
+    return ServeSummary(owner=owner, polls=polls, stopped=stop.is_set(),
+                        **{k: totals[k] for k in ("batches", "claimed", "succeeded", "failed",
+                                                  "other")})
 
 
 def _stop_requested(stop: threading.Event, signum: int) -> None:
@@ -302,7 +356,7 @@ def _stop_requested(stop: threading.Event, signum: int) -> None:
 
 def recover(engine: Engine | None = None, *, owner: str | None = None, run: bool = True,
             now: datetime | None = None, workers: int = 16,
-            policy_source: PolicySource | None = None) -> dict:
+            policy_source: PolicySource | None = None) -> Recovery:
     """Settle everything a crash or an outage left behind, without a human.
 
     1. running operations whose lease expired go back to the queue (they resume from
@@ -320,12 +374,10 @@ def recover(engine: Engine | None = None, *, owner: str | None = None, run: bool
         engine, [dict(kind="reconcile", credential_id=c, priority=10,
                       reason="recovery: pending, unverified or invalid secret") for c in cred_ids],
         requested_by="recovery", emit=not run) if cred_ids else []
-    summary = {"released_leases": len(released), "reconcile_queued": len(queued),
-               "released": released, "credentials": cred_ids}
-    if run:
-        summary["drained"] = drain(engine, owner=owner or f"recovery-{os.getpid()}",
-                                   workers=workers, policy_source=policy_source)
-    return summary
+    drained = drain(engine, owner=owner or f"recovery-{os.getpid()}", workers=workers,
+                    policy_source=policy_source) if run else None
+    return Recovery(released_leases=len(released), reconcile_queued=len(queued),
+                    released=released, credentials=cred_ids, drained=drained)
 
 
 def _main(argv: list[str]) -> int:
@@ -336,9 +388,9 @@ def _main(argv: list[str]) -> int:
     batch = int(os.environ.get("PAMFLOW_BATCH_SIZE") or 100)
     if argv[:1] == ["serve"]:
         lifetime = float(argv[1]) if len(argv) > 1 else 3600.0
-        print(json.dumps(serve(lifetime, lease_s=lease, batch_size=batch)), flush=True)
+        print(json.dumps(serve(lifetime, lease_s=lease, batch_size=batch).as_dict()), flush=True)
         return 0
-    print(json.dumps(drain(lease_s=lease, batch_size=batch)), flush=True)
+    print(json.dumps(drain(lease_s=lease, batch_size=batch).as_dict()), flush=True)
     return 0
 
 

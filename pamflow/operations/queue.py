@@ -29,14 +29,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from .. import audit
+from ..errors import PamflowError
 from ..models import Credential, Device, Operation, OperationKind, OperationState, utcnow
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ BACKOFF_MAX_SECONDS = 3600.0
 ACTIVE_STATES = (OperationState.queued, OperationState.running)
 
 
-class QueueError(ValueError):
+class QueueError(PamflowError, ValueError):
     """A request the queue cannot take (unknown kind, bad dates...)."""
 
 
@@ -126,13 +127,13 @@ def _enqueue_bulk(db: Session, items: list[dict], requested_by: str, now: dateti
                   ) -> list[Enqueued]:
     cred_ids = {i["credential_id"] for i in items if i.get("credential_id") is not None}
     dev_ids = {i["device_id"] for i in items if i.get("device_id") is not None}
-    known_creds = set(db.exec(select(Credential.id).where(Credential.id.in_(cred_ids)))) \
+    known_creds = set(db.exec(select(col(Credential.id)).where(col(Credential.id).in_(cred_ids)))) \
         if cred_ids else set()
-    known_devs = set(db.exec(select(Device.id).where(Device.id.in_(dev_ids)))) if dev_ids else set()
+    known_devs = set(db.exec(select(col(Device.id)).where(col(Device.id).in_(dev_ids)))) if dev_ids else set()
     queued: dict[tuple[int, str], Operation] = {}
     if cred_ids:
-        for op in db.exec(select(Operation).where(Operation.credential_id.in_(cred_ids),
-                                                  Operation.state == OperationState.queued)):
+        for op in db.exec(select(Operation).where(col(Operation.credential_id).in_(cred_ids),
+                                                  col(Operation.state) == OperationState.queued)):
             queued[(op.credential_id, op.kind)] = op
     planned: list[tuple[Operation, bool]] = []
     for item in items:
@@ -207,9 +208,9 @@ def _enqueue_one(db: Session, item: dict, requested_by: str, now: datetime) -> E
 
 
 def _queued_for(db: Session, credential_id: int, kind: str) -> Operation | None:
-    return db.exec(select(Operation).where(Operation.credential_id == credential_id,
-                                           Operation.kind == kind,
-                                           Operation.state == OperationState.queued)).first()
+    return db.exec(select(Operation).where(col(Operation.credential_id) == credential_id,
+                                           col(Operation.kind) == kind,
+                                           col(Operation.state) == OperationState.queued)).first()
 
 
 def _coalesce(db: Session, op: Operation, priority: int, not_before: datetime,
@@ -321,7 +322,7 @@ def claim(engine: Engine | None, owner: str, limit: int = 100, *,
     if not taken:
         return []
     with Session(engine, expire_on_commit=False) as db:
-        ops = db.exec(select(Operation).where(Operation.id.in_(taken))).all()
+        ops = db.exec(select(Operation).where(col(Operation.id).in_(taken))).all()
         for op in ops:
             db.expunge(op)
     order = {op_id: i for i, op_id in enumerate(taken)}
@@ -371,11 +372,11 @@ def renew(engine: Engine | None, ids: Sequence[int], owner: str,
         return set()
     engine = _engine(engine)
     lease = utcnow() + timedelta(seconds=lease_s)
-    held_now = (Operation.id.in_(list(ids)), Operation.state == OperationState.running,
-                Operation.lease_owner == owner)
+    held_now = (col(Operation.id).in_(list(ids)), col(Operation.state) == OperationState.running,
+                col(Operation.lease_owner) == owner)
     with engine.begin() as conn:
         conn.execute(sa.update(Operation).where(*held_now).values(lease_expires_at=lease))
-        rows = conn.execute(sa.select(Operation.id, Operation.lease_epoch).where(*held_now)).all()
+        rows = conn.execute(sa.select(col(Operation.id), col(Operation.lease_epoch)).where(*held_now)).all()
     return {op_id for op_id, epoch in rows if epochs is None or epochs.get(op_id) == epoch}
 
 
@@ -400,19 +401,19 @@ def hold(db: Session, claims: Mapping[int, int], owner: str | None, *, step: str
     now = now or utcnow()
     held_ids: list[int] = []
     for op_id, epoch in claims.items():
-        stmt = sa.update(Operation).where(Operation.id == op_id,
-                                          Operation.state == OperationState.running)
+        stmt = sa.update(Operation).where(col(Operation.id) == op_id,
+                                          col(Operation.state) == OperationState.running)
         if owner is not None:
-            stmt = stmt.where(Operation.lease_owner == owner, Operation.lease_epoch == epoch)
+            stmt = stmt.where(col(Operation.lease_owner) == owner, col(Operation.lease_epoch) == epoch)
         if min_lease_s is not None:
-            stmt = stmt.where(Operation.lease_expires_at > now + timedelta(seconds=min_lease_s))
-        stmt = stmt.values(step=step) if step else stmt.values(lease_epoch=Operation.lease_epoch)
+            stmt = stmt.where(col(Operation.lease_expires_at) > now + timedelta(seconds=min_lease_s))
+        stmt = stmt.values(step=step) if step else stmt.values(lease_epoch=col(Operation.lease_epoch))
         if db.execute(stmt.execution_options(synchronize_session=False)).rowcount:
             held_ids.append(op_id)
     if not held_ids:
         return {}
     # populate_existing: the UPDATEs above bypassed the session's identity map
-    rows = db.exec(select(Operation).where(Operation.id.in_(held_ids))
+    rows = db.exec(select(Operation).where(col(Operation.id).in_(held_ids))
                    .execution_options(populate_existing=True)).all()
     return {row.id: row for row in rows}
 
@@ -449,9 +450,9 @@ def held_many(db: Session, ids: Iterable[int], owner: str | None) -> dict[int, O
     ids = list(ids)
     if not ids:
         return {}
-    q = select(Operation).where(Operation.id.in_(ids), Operation.state == OperationState.running)
+    q = select(Operation).where(col(Operation.id).in_(ids), col(Operation.state) == OperationState.running)
     if owner is not None:
-        q = q.where(Operation.lease_owner == owner)
+        q = q.where(col(Operation.lease_owner) == owner)
     return {op.id: op for op in db.exec(q)}
 
 
@@ -529,15 +530,15 @@ def retry_failed(engine: Engine | None = None, *, limit: int = 1000,
     requeued: list[int] = []
     with Session(_engine(engine), expire_on_commit=False) as db:
         ops = db.exec(select(Operation).where(
-            Operation.state == OperationState.failed, Operation.retryable == sa.true(),
-            Operation.attempts < Operation.max_attempts, Operation.not_before <= now)
-            .order_by(Operation.priority, Operation.not_before).limit(limit)).all()
+            col(Operation.state) == OperationState.failed, col(Operation.retryable) == sa.true(),
+            col(Operation.attempts) < col(Operation.max_attempts), col(Operation.not_before) <= now)
+            .order_by(col(Operation.priority), col(Operation.not_before)).limit(limit)).all()
         cred_ids = {op.credential_id for op in ops if op.credential_id is not None}
         creds = {c.id: c for c in db.exec(select(Credential).where(
-            Credential.id.in_(cred_ids)))} if cred_ids else {}
-        busy = set(db.exec(select(Operation.credential_id).where(
-            Operation.credential_id.in_(cred_ids), Operation.kind.in_(SECRET_KINDS),
-            Operation.state.in_(ACTIVE_STATES)))) if cred_ids else set()
+            col(Credential.id).in_(cred_ids)))} if cred_ids else {}
+        busy = set(db.exec(select(col(Operation.credential_id)).where(
+            col(Operation.credential_id).in_(cred_ids), col(Operation.kind).in_(SECRET_KINDS),
+            col(Operation.state).in_(ACTIVE_STATES)))) if cred_ids else set()
         for op in ops:
             cred = creds.get(op.credential_id) if op.credential_id is not None else None
             why = _superseded(db, op, cred)
@@ -596,45 +597,66 @@ def cancel(engine: Engine | None, op_id: int, *, reason: str = "cancelled",
         return True
 
 
+@dataclass(frozen=True)
+class Cancelled:
+    """A queued operation cancelled because it expired before it started."""
+
+    id: int
+    kind: str
+    credential_id: int | None
+    expired_at: str
+
+
+@dataclass(frozen=True)
+class ReleasedLease:
+    """A running operation whose executor's lease expired, queued again (or superseded)."""
+
+    id: int
+    kind: str
+    credential_id: int | None
+    owner: str | None
+    step: str | None
+
+
 def cancel_expired(engine: Engine | None = None, *, now: datetime | None = None,
-                   actor: str = "robot:expired-operation-cancellation") -> list[dict]:
+                   actor: str = "robot:expired-operation-cancellation") -> list[Cancelled]:
     """Cancel every queued operation past its expiry; returns what was cancelled."""
     now = now or utcnow()
-    cancelled: list[dict] = []
+    cancelled: list[Cancelled] = []
     with Session(_engine(engine), expire_on_commit=False) as db:
-        ops = db.exec(select(Operation).where(Operation.state == OperationState.queued,
-                                              Operation.expires_at.is_not(None),
-                                              Operation.expires_at <= now)).all()
+        ops = db.exec(select(Operation).where(col(Operation.state) == OperationState.queued,
+                                              col(Operation.expires_at).is_not(None),
+                                              col(Operation.expires_at) <= now)).all()
         for op in ops:
             op.state = OperationState.cancelled
             op.error = (f"expired: not started before {op.expires_at.isoformat()} "
                         f"(queued {op.created_at.isoformat()}, {op.attempts} attempt(s))")
             op.finished_at = now
             db.add(op)
-            cancelled.append({"id": op.id, "kind": op.kind, "credential_id": op.credential_id,
-                              "expired_at": op.expires_at.isoformat()})
+            cancelled.append(Cancelled(op.id, op.kind, op.credential_id,
+                                       op.expires_at.isoformat()))
         if cancelled:
             audit.record(db, actor, "operation.expired", "operation", None,
-                         {"operation_ids": [c["id"] for c in cancelled][:200],
+                         {"operation_ids": [c.id for c in cancelled][:200],
                           "count": len(cancelled)})
         db.commit()
     return cancelled
 
 
 def release_expired_leases(engine: Engine | None = None, *, now: datetime | None = None
-                           ) -> list[dict]:
+                           ) -> list[ReleasedLease]:
     """Put running operations whose lease expired back in the queue (their executor died).
 
     The step they reached is kept: the protocol resumes from it.
     """
     now = now or utcnow()
-    released: list[dict] = []
+    released: list[ReleasedLease] = []
     with Session(_engine(engine), expire_on_commit=False) as db:
-        ops = db.exec(select(Operation).where(Operation.state == OperationState.running,
-                                              Operation.lease_expires_at < now)).all()
+        ops = db.exec(select(Operation).where(col(Operation.state) == OperationState.running,
+                                              col(Operation.lease_expires_at) < now)).all()
         for op in ops:
-            released.append({"id": op.id, "kind": op.kind, "credential_id": op.credential_id,
-                             "owner": op.lease_owner, "step": op.step})
+            released.append(ReleasedLease(op.id, op.kind, op.credential_id, op.lease_owner,
+                                          op.step))
             if op.credential_id is not None and _queued_for(db, op.credential_id, op.kind):
                 # the same work is queued again already; it settles the credential first
                 mark_failed(db, op, f"executor {op.lease_owner} lost its lease at step "
@@ -649,7 +671,8 @@ def release_expired_leases(engine: Engine | None = None, *, now: datetime | None
             db.add(op)
         if released:
             audit.record(db, "recovery", "operation.lease_expired", "operation", None,
-                         {"operations": released[:200], "count": len(released)})
+                         {"operations": [asdict(r) for r in released[:200]],
+                          "count": len(released)})
         db.commit()
     return released
 
@@ -657,8 +680,8 @@ def release_expired_leases(engine: Engine | None = None, *, now: datetime | None
 def counts(engine: Engine | None = None) -> dict[str, int]:
     """Operations per state."""
     with _engine(engine).connect() as conn:
-        rows = conn.execute(sa.select(Operation.state, sa.func.count())
-                            .group_by(Operation.state)).all()
+        rows = conn.execute(sa.select(col(Operation.state), sa.func.count())
+                            .group_by(col(Operation.state))).all()
     return {state: n for state, n in rows}
 
 
@@ -667,16 +690,17 @@ def runnable_count(engine: Engine | None = None, kinds: Sequence[str] | None = N
     """How many operations a claim could take now (cheap: the executor's poll)."""
     now = now or utcnow()
     q = sa.select(sa.func.count()).select_from(Operation).where(sa.or_(
-        sa.and_(Operation.state == OperationState.queued, Operation.not_before <= now,
-                sa.or_(Operation.expires_at.is_(None), Operation.expires_at > now)),
-        sa.and_(Operation.state == OperationState.running, Operation.lease_expires_at < now)))
+        sa.and_(col(Operation.state) == OperationState.queued, col(Operation.not_before) <= now,
+                sa.or_(col(Operation.expires_at).is_(None), col(Operation.expires_at) > now)),
+        sa.and_(col(Operation.state) == OperationState.running, col(Operation.lease_expires_at) < now)))
     if kinds:
-        q = q.where(Operation.kind.in_(list(kinds)))
+        q = q.where(col(Operation.kind).in_(list(kinds)))
     with _engine(engine).connect() as conn:
         return int(conn.execute(q).scalar_one())
 
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "Enqueued", "QueueError", "backoff", "cancel",
-           "cancel_expired", "claim", "complete", "counts", "emit_queued", "enqueue",
-           "enqueue_many", "fail", "held", "held_many", "hold", "release", "mark_failed", "mark_succeeded",
-           "release_expired_leases", "renew", "retry_failed", "runnable_count"]
+__all__ = ["Cancelled", "DEFAULT_LEASE_SECONDS", "Enqueued", "QueueError", "ReleasedLease",
+           "backoff", "cancel", "cancel_expired", "claim", "complete", "counts", "emit_queued",
+           "enqueue", "enqueue_many", "fail", "held", "held_many", "hold", "mark_failed",
+           "mark_succeeded", "release", "release_expired_leases", "renew", "retry_failed",
+           "runnable_count"]

@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..errors import PamflowError
 
-class TargetError(Exception):
+
+class TargetError(PamflowError):
     """A target operation failed. ``retryable`` says whether trying later may succeed."""
 
     retryable = False

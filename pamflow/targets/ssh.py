@@ -58,6 +58,7 @@ from secrets import token_hex
 from typing import Protocol
 
 import paramiko
+from sqlmodel import col
 
 from ..faults import checkpoint
 from .base import (
@@ -172,8 +173,8 @@ class StoreHostKeys:
         from pamflow.models import HostKey
 
         with Session(self.engine) as s:
-            rows = s.exec(select(HostKey).where(HostKey.device_id == device_id,
-                                                HostKey.port == port)).all()
+            rows = s.exec(select(HostKey).where(col(HostKey.device_id) == device_id,
+                                                col(HostKey.port) == port)).all()
             return {r.key_type: r.key_base64 for r in rows}
 
     def get(self, device_id: int, port: int, *, fresh: bool = False) -> dict[str, str]:

@@ -14,16 +14,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import PamflowError
+
 MAX_DEPTH = 32  # objects and arrays nested in a payload, the payload itself counting as 1
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what every store and Prefect's API hold exactly
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
-class PayloadError(ValueError):
+class PayloadError(PamflowError, ValueError):
     """The body does not fit its event's schema; the message is short and safe to return."""
 
 
-class BodyError(ValueError):
+class BodyError(PamflowError, ValueError):
     """The body is not strict JSON in UTF-8; the message is short and safe to return."""
 
 

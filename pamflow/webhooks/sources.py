@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ..errors import PamflowError
 from ..models import WebhookSource, utcnow
 from ..vault import vault, webhook_aad
 from .signing import SOURCE_RE, generate_secret
@@ -29,7 +30,7 @@ from .signing import SOURCE_RE, generate_secret
 log = logging.getLogger("pamflow.webhooks")
 
 
-class SourceError(ValueError):
+class SourceError(PamflowError, ValueError):
     """A source name is invalid, taken or unknown."""
 
 

@@ -1,0 +1,25 @@
+"""The root of the errors pamflow raises on purpose.
+
+Every error a caller is meant to handle derives from :class:`PamflowError`, so a robot, the
+CLI or the gateway can tell "pamflow refused this, here is why" from a bug. The message of
+every one of them names what is at fault (device, account, step, file, row, setting) and
+never a secret. Each family keeps its own subclasses beside its code:
+
+- ``pamflow.vault.VaultError`` (and ``NoMasterKey``, ``RekeyRefused``)
+- ``pamflow.targets.base.TargetError`` (``AuthenticationFailed``, ``Unreachable``,
+  ``HostKeyChanged``, ``ChangeRefused``, ...)
+- ``pamflow.operations.queue.QueueError``
+- ``pamflow.inventory.ImportFileError``
+- ``pamflow.webhooks.schemas.PayloadError`` / ``BodyError``, ``pamflow.webhooks.sources.SourceError``
+- ``pamflow.passwords.PolicyError``, ``pamflow.hostkeys.HostKeyError``,
+  ``pamflow.notifications.UnknownNotification``, ``pamflow.platform.AuthFileError``
+"""
+
+from __future__ import annotations
+
+
+class PamflowError(Exception):
+    """Something pamflow refused or could not do, with the reason in the message."""
+
+
+__all__ = ["PamflowError"]
