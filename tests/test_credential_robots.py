@@ -142,13 +142,13 @@ def test_reservations_start_and_end_queue_changes(store):
         db.commit()
     assert process_reservations(store, now=now) == []
     started = process_reservations(store, now=now + timedelta(minutes=11))
-    assert [(e["phase"], e["change_queued"]) for e in started] == [("start", True)]
+    assert [(e.phase, e.change_queued) for e in started] == [("start", True)]
     [op] = queued_ops(store, "change")
     assert op.requested_by == "carol" and op.parameters == {"reservation_id": res.id,
                                                             "phase": "start"}
     queue.cancel(store, op.id)
     ended = process_reservations(store, now=now + timedelta(hours=3))
-    assert [e["phase"] for e in ended] == ["end"]
+    assert [e.phase for e in ended] == ["end"]
     with Session(store) as db:
         assert db.get(PasswordReservation, res.id).state == "finished"
     assert len(queued_ops(store, "change")) == 1

@@ -212,9 +212,9 @@ def test_serve_picks_up_work_queued_while_it_polls(store):
 
     executor.register_handler("discovery", record)
     idle, stop = threading.Event(), threading.Event()
-    result: dict = {}
+    results: list[executor.ServeSummary] = []
     try:
-        worker = threading.Thread(target=lambda: result.update(executor.serve(
+        worker = threading.Thread(target=lambda: results.append(executor.serve(
             lifetime_s=30, poll_s=0.05, engine=store, kinds=["discovery"],
             on_idle=idle.set, stop=stop)))
         worker.start()
@@ -234,4 +234,5 @@ def test_serve_picks_up_work_queued_while_it_polls(store):
     # an instance ends by itself when its lifetime is over
     short = executor.serve(lifetime_s=0.3, poll_s=0.05, engine=store, kinds=["verify"])
     assert short.claimed == 0 and short.polls >= 1
+    [result] = results
     assert result.claimed == 5 and result.succeeded == 5

@@ -149,4 +149,4 @@ def test_untrusted_certificate_fails_the_change_for_good_with_nothing_sent(store
 
 
 def cred_secret(cred: Credential) -> str:
-    return vault().decrypt(cred.secret)
+    return vault().decrypt(cred.secret, credential_aad(cred.id, cred.device_id, "secret"))
