@@ -336,6 +336,29 @@ def deploy_all(api_url: str, root: Path = REPO_ROOT, version: str | None = None,
     return res
 
 
+RETRIED_STATUSES = {408, 429, 500, 502, 503, 504}
+
+
+def api_call(client: httpx.Client, method: str, url: str, attempts: int = 6,
+             **kwargs) -> httpx.Response:
+    """One Prefect REST call, retried with backoff when the server is busy (a SQLite-backed
+    server answers 503 while its database is locked; Prefect's own client retries the same
+    way); raises ``httpx.HTTPStatusError`` for any other error status."""
+    delay = 0.5
+    for attempt in range(attempts):
+        try:
+            resp = client.request(method, url, **kwargs)
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
+        else:
+            if resp.status_code not in RETRIED_STATUSES or attempt == attempts - 1:
+                return resp.raise_for_status()
+        time.sleep(delay)
+        delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
+
+
 def set_deployment_versions(api_url: str, prefect_yaml: Path, version: str,
                             auth: str | None = None) -> int:
     """Set ``version`` on every deployment named in ``prefect_yaml`` (Prefect's REST API);
@@ -348,13 +371,12 @@ def set_deployment_versions(api_url: str, prefect_yaml: Path, version: str,
     with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=30) as client:
         offset = 0
         while True:
-            resp = client.post("/deployments/filter", json={"offset": offset, "limit": 200})
-            resp.raise_for_status()
-            page = resp.json()
+            page = api_call(client, "POST", "/deployments/filter",
+                            json={"offset": offset, "limit": 200}).json()
             for dep in page:
                 if dep["name"] in names:
-                    client.patch(f"/deployments/{dep['id']}",
-                                 json={"version": version}).raise_for_status()
+                    api_call(client, "PATCH", f"/deployments/{dep['id']}",
+                             json={"version": version})
                     updated += 1
             if len(page) < 200:
                 return updated
@@ -374,12 +396,9 @@ def run_deployment(api_url: str, name: str, parameters: dict, *, auth: str | Non
     headers = auth_headers(auth if auth is not None else os.environ.get("PREFECT_API_AUTH_STRING"))
     with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=30) as client:
         flow, _, deployment = name.partition("/")
-        dep = client.get(f"/deployments/name/{flow}/{deployment}")
-        dep.raise_for_status()
-        run = client.post(f"/deployments/{dep.json()['id']}/create_flow_run",
-                          json={"parameters": parameters})
-        run.raise_for_status()
-        flow_run = run.json()
+        dep = api_call(client, "GET", f"/deployments/name/{flow}/{deployment}")
+        flow_run = api_call(client, "POST", f"/deployments/{dep.json()['id']}/create_flow_run",
+                            json={"parameters": parameters}).json()
         deadline = time.monotonic() + timeout
         seen = None
         while True:
@@ -390,6 +409,4 @@ def run_deployment(api_url: str, name: str, parameters: dict, *, auth: str | Non
             if state.get("type") in TERMINAL_STATES or time.monotonic() >= deadline:
                 return flow_run
             time.sleep(poll_s)
-            got = client.get(f"/flow_runs/{flow_run['id']}")
-            got.raise_for_status()
-            flow_run = got.json()
+            flow_run = api_call(client, "GET", f"/flow_runs/{flow_run['id']}").json()
