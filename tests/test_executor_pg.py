@@ -53,7 +53,7 @@ def probe(ctx, ops):
 executor.register_handler("discovery", probe)
 while time.time() < start_at:
     time.sleep(0.01)
-print(json.dumps(executor.drain(kinds=["discovery"], batch_size=int(sys.argv[2]))))
+print(json.dumps(executor.drain(kinds=["discovery"], batch_size=int(sys.argv[2])).as_dict()))
 """
 
 
