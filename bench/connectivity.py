@@ -1,6 +1,6 @@
 """Connectivity benchmark: 10,000 endpoints on loopback, pamflow's prober against ``nmap -sT``.
 
-Target (issue 2): 10,000 endpoints (open and closed mixed) in at most 5 s, and at least as
+Target: 10,000 endpoints (open and closed mixed) in at most 5 s, and at least as
 fast as ``nmap -sT`` over the same endpoints in the same run.
 
 The bench opens its own listeners: ``--hosts`` addresses 127.1.x.y (all of 127/8 is local

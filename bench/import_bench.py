@@ -1,6 +1,6 @@
 """Batch import benchmark: 100,000 rows with credentials (encryption included).
 
-Targets (issue 2): CSV in at most 10 s, XLSX in at most 30 s, on the embedded SQLite
+Targets: CSV in at most 10 s, XLSX in at most 30 s, on the embedded SQLite
 store. Also measured in the same run: a re-import of the same CSV (every row compared,
 secrets decrypted, nothing written), the file's bare parse with the standard library's
 ``csv`` module and with openpyxl (the floor under our figures), and PostgreSQL when it

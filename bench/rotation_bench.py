@@ -1,4 +1,4 @@
-"""Rotation benchmark (issue 3): change then verify N passwords on a local sshd.
+"""Rotation benchmark: change then verify N passwords on a local sshd.
 
     .venv/bin/python -m bench.rotation_bench --accounts 1000
     .venv/bin/python -m bench.rotation_bench --accounts 100

@@ -1,6 +1,6 @@
 """Webhook gateway benchmark: accepted calls per second and p50/p99 latency on loopback.
 
-Target (issue 4): at least 1,000 accepted calls per second with p99 under 50 ms on 2 cores.
+Target: at least 1,000 accepted calls per second with p99 under 50 ms on 2 cores.
 
 The gateway runs as in production: ``pamflow webhooks serve`` (uvicorn, ``--workers``) on a
 fresh embedded SQLite store, every accepted call written to the outbox before its 202 and

@@ -1,6 +1,6 @@
 """Webhook to flow run: what the gateway adds to Prefect's own event-to-run path.
 
-Target (issue 4): the gateway adds at most 100 ms.
+Target: the gateway adds at most 100 ms.
 
 One real Prefect server and one process worker (``--query-seconds``), the batch import
 robot deployed from prefect.yaml with its ``pam.import.uploaded`` trigger, and

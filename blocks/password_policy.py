@@ -14,6 +14,7 @@ A block asking for less is raised to the floor when the robot reads it, with a w
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -61,7 +62,11 @@ def load_policy_block(name: str) -> PasswordPolicy | None:
     if not PREFECT_API_URL.value():  # no server configured: never start an ephemeral one
         return None
     try:
-        policy = PasswordPolicyBlock.load(name, validate=True).to_policy(name)
+        loaded = PasswordPolicyBlock.load(name, validate=True)
+        if isinstance(loaded, Coroutine):  # Prefect answers a coroutine inside a running event loop
+            loaded.close()
+            raise RuntimeError(f"password policy block {name} cannot be loaded inside an event loop")
+        policy = loaded.to_policy(name)
     except Exception:  # noqa: BLE001 - no server, no block of that name: not ours to decide
         policy = None
     _cache[name] = (time.monotonic(), policy)

@@ -20,6 +20,7 @@ from prefect.artifacts import (
 from prefect.utilities.annotations import quote
 
 from pamflow.inventory import CHUNK_SIZE, ChunkOutcome, ImportFileError, ImportResult
+from tasks import ran_sync
 from tasks.inventory import finish_import, import_rows, read_spreadsheet, record_failed_import
 
 ERROR_TABLE_LIMIT = 500
@@ -29,8 +30,9 @@ ERROR_TABLE_LIMIT = 500
 def batch_import_processing(path: str, tenant: str = "default") -> dict:
     """Batch import processing: process the uploaded spreadsheet for devices and credentials import."""
     logger = get_run_logger()
-    progress = create_progress_artifact(0.0, key="batch-import-progress",
-                                        description=f"Importing {Path(path).name}")
+    progress = ran_sync(create_progress_artifact(0.0, key="batch-import-progress",
+                                                 description=f"Importing {Path(path).name}"),
+                        "create_progress_artifact")
     try:
         sheet = read_spreadsheet(path, tenant)
     except ImportFileError as exc:
@@ -45,13 +47,15 @@ def batch_import_processing(path: str, tenant: str = "default") -> dict:
     outcome = ChunkOutcome()
     done = 0
     for chunk in sheet.chunks(CHUNK_SIZE):
-        # quote(): Prefect would otherwise walk every row of the chunk to track inputs
-        outcome.add(import_rows(quote(chunk), label=f"{chunk[0].row}-{chunk[-1].row}"))
+        # quote(): Prefect would otherwise walk every row of the chunk to track inputs; it
+        # unwraps the argument before the task runs, which its call signature does not say
+        outcome.add(import_rows(quote(chunk),  # type: ignore[call-overload]
+                                label=f"{chunk[0].row}-{chunk[-1].row}"))
         done += len(chunk)
         update_progress_artifact(progress, 5.0 + 90.0 * done / len(sheet.rows),
                                  description=f"{done} of {len(sheet.rows)} valid rows written")
 
-    result = finish_import(quote(sheet), outcome)
+    result = finish_import(quote(sheet), outcome)  # type: ignore[call-overload]  # unwrapped, as above
     publish_results(result)
     update_progress_artifact(progress, 100.0, description=f"{Path(path).name}: done")
     logger.info("Imported %s: %d rows, %d created, %d updated, %d unchanged, %d rejected",

@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pamflow.connectivity import BatchesFailed, BatchReport
 from tasks.net import (
     check_device_batch,
     plan_device_batches,
@@ -24,7 +25,9 @@ from tasks.net import (
 )
 
 
-@flow(name="connectivity-test", task_runner=ThreadPoolTaskRunner(max_workers=4))
+# Prefect types task_runner as TaskRunner[PrefectFuture], which its own ThreadPoolTaskRunner
+# (a TaskRunner[PrefectConcurrentFuture]) is not, the generic being invariant
+@flow(name="connectivity-test", task_runner=ThreadPoolTaskRunner(max_workers=4))  # type: ignore[arg-type]
 def connectivity_test(batch_size: int = 1000, connect_timeout: float = 3.0,
                       banner_timeout: float = 3.0, concurrency: int = 500) -> dict:
     """Connectivity test: test all devices registered connections.
@@ -41,7 +44,7 @@ def connectivity_test(batch_size: int = 1000, connect_timeout: float = 3.0,
             f"{first}-{last}"
         for first, last in batches
     }
-    reports: list[dict] = []
+    reports: list[BatchReport] = []
     failed: list[str] = []
     for future in as_completed(list(running)):
         try:
@@ -49,12 +52,12 @@ def connectivity_test(batch_size: int = 1000, connect_timeout: float = 3.0,
         except Exception:  # noqa: BLE001 - its task run shows why; the other batches go on
             failed.append(running[future])
         report_progress(progress, len(reports) + len(failed), len(batches),
-                        sum(r["tested"] for r in reports))
+                        sum(r.tested for r in reports))
 
     summary = summarise(reports, len(batches), sorted(failed), time.monotonic() - started)
     publish_report(summary, reports)
     if failed:
-        raise RuntimeError(f"connectivity test: {len(failed)} of {len(batches)} device batches "
+        raise BatchesFailed(f"connectivity test: {len(failed)} of {len(batches)} device batches "
                            f"failed (device id ranges {', '.join(sorted(failed))}); the others "
                            f"were recorded")
-    return summary
+    return summary.as_dict()

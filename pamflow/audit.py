@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -13,20 +14,26 @@ from .models import AuditLog, utcnow
 GENESIS = "0" * 64
 
 
-def _digest(prev_hash: str, row: AuditLog) -> str:
+def _digest(prev_hash: str, at: datetime, actor: str, action: str, entity: str,
+            entity_id: str | None, detail: dict) -> str:
+    """The hash of a row's content chained to the previous row's hash."""
     payload = json.dumps(
         {
-            "at": row.at.isoformat(),
-            "actor": row.actor,
-            "action": row.action,
-            "entity": row.entity,
-            "entity_id": row.entity_id,
-            "detail": row.detail,
+            "at": at.isoformat(),
+            "actor": actor,
+            "action": action,
+            "entity": entity,
+            "entity_id": entity_id,
+            "detail": detail,
         },
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+
+
+def _row_digest(prev_hash: str, row: AuditLog) -> str:
+    return _digest(prev_hash, row.at, row.actor, row.action, row.entity, row.entity_id, row.detail)
 
 
 def _chain_head(db: Session) -> str:
@@ -58,16 +65,17 @@ def record(
 ) -> AuditLog:
     """Append an audit row in ``db``'s transaction (the caller commits)."""
     prev = _chain_head(db)
+    at, key, body = utcnow(), None if entity_id is None else str(entity_id), detail or {}
     row = AuditLog(
-        at=utcnow(),
+        at=at,
         actor=actor,
         action=action,
         entity=entity,
-        entity_id=None if entity_id is None else str(entity_id),
-        detail=detail or {},
+        entity_id=key,
+        detail=body,
         prev_hash=prev,
+        hash=_digest(prev, at, actor, action, entity, key, body),
     )
-    row.hash = _digest(prev, row)
     db.add(row)
     db.info["audit_head"] = (db.connection().get_transaction(), row.hash)
     return row
@@ -77,7 +85,7 @@ def verify_chain(db: Session) -> int | None:
     """The id of the first row whose hash does not match, or None when the chain is intact."""
     prev = GENESIS
     for row in db.exec(select(AuditLog).order_by(col(AuditLog.id))):
-        if row.prev_hash != prev or _digest(prev, row) != row.hash:
+        if row.prev_hash != prev or _row_digest(prev, row) != row.hash:
             return row.id
         prev = row.hash
     return None

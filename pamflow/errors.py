@@ -11,8 +11,11 @@ never a secret. Each family keeps its own subclasses beside its code:
 - ``pamflow.operations.queue.QueueError``
 - ``pamflow.inventory.ImportFileError``
 - ``pamflow.webhooks.schemas.PayloadError`` / ``BodyError``, ``pamflow.webhooks.sources.SourceError``
+- ``pamflow.webhooks.app.Refused`` (a call answered with a 4xx/5xx instead of accepted)
 - ``pamflow.passwords.PolicyError``, ``pamflow.hostkeys.HostKeyError``,
   ``pamflow.notifications.UnknownNotification``, ``pamflow.platform.AuthFileError``
+- ``pamflow.models.NotStored`` (a row without an id where a stored one is needed),
+  ``pamflow.credentials.store.PromoteRefused``, ``pamflow.connectivity.BatchesFailed``
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 
 from . import audit
 from .errors import PamflowError
-from .models import AuditLog, Device, HostKey
+from .models import AuditLog, Device, HostKey, row_id
 
 _BRACKETED = re.compile(r"^\[([^\]]+)\]:(\d+)$")
 MAX_LINE = 16 * 1024
@@ -137,17 +137,18 @@ def pin(db: Session, device: Device, key: str | ParsedHostKey, *, port: int | No
     port = port if port is not None else parsed.port if parsed.port is not None else ssh_port(device)
     if not 0 < port < 65536:
         raise HostKeyError(f"{port} is not a port number")
-    old = list(db.exec(select(HostKey).where(col(HostKey.device_id) == device.id,
+    device_id = row_id(device)
+    old = list(db.exec(select(HostKey).where(col(HostKey.device_id) == device_id,
                                              col(HostKey.port) == port)))
     replaced = [f"{row.key_type} {row.fingerprint}" for row in old
                 if (row.key_type, row.key_base64) != (parsed.key_type, parsed.key_base64)]
     for row in old:
         db.delete(row)
     db.flush()
-    row = HostKey(device_id=device.id, port=port, key_type=parsed.key_type,
+    row = HostKey(device_id=device_id, port=port, key_type=parsed.key_type,
                   key_base64=parsed.key_base64, fingerprint=parsed.fingerprint)
     db.add(row)
-    audit.record(db, actor, "pin_host_key", "device", device.id,
+    audit.record(db, actor, "pin_host_key", "device", device_id,
                  {"port": port, "key_type": parsed.key_type, "fingerprint": parsed.fingerprint,
                   "replaced": replaced})
     return row, replaced

@@ -1,4 +1,5 @@
-"""The notification catalogue (seeds 002/003) and queueing a notification for the mail robot.
+"""The notification catalogue (every notification type, its family and wording) and queueing
+a notification for the mail robot.
 
 A robot never sends mail itself: it queues a row; the email sender robot delivers it.
 Context values must never hold a secret; ``queue`` refuses keys that look like one.

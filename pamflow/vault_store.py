@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .models import Credential, CredentialHistory, SystemParameter, WebhookSource, utcnow
+from .models import Credential, CredentialHistory, SystemParameter, WebhookSource, table_of, utcnow
 from .vault import (
     CANARY_AAD,
     Keyring,
@@ -54,10 +54,10 @@ CANARY_KEY = "vault.canary"
 CANARY_TEXT = "pamflow vault canary"
 CHUNK = 1000
 
-_C = Credential.__table__
-_H = CredentialHistory.__table__
-_W = WebhookSource.__table__
-_P = SystemParameter.__table__
+_C = table_of(Credential)
+_H = table_of(CredentialHistory)
+_W = table_of(WebhookSource)
+_P = table_of(SystemParameter)
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,9 @@ def open_vault(engine: Engine) -> Vault:
         with engine.connect() as conn:
             canary = _canary(conn)
             sample = None if canary else first_ciphertext(conn)
-        if canary or sample:
-            kid = Vault.key_id_of(canary or sample[1])
+        sealed = canary if canary else sample[1] if sample is not None else None
+        if sealed is not None:
+            kid = Vault.key_id_of(sealed)
             raise VaultError(
                 f"{missing}, but this store's secrets were sealed with key id {kid}: set "
                 f"PAMFLOW_MASTER_KEY, or copy the key file from a host that has it to "

@@ -7,6 +7,7 @@ addresses, ports and reasons, never a secret (the connectivity test reads no cre
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from prefect import task
@@ -16,6 +17,11 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+
+from tasks import ran_sync
+
+if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
+    from pamflow.connectivity import BatchReport, RunSummary
 
 TABLE_ROWS_MAX = 1000
 PROGRESS_KEY = "connectivity-test-progress"
@@ -35,7 +41,7 @@ def plan_device_batches(batch_size: int = 1000) -> list[tuple[int, int]]:
 @task(name="test-device-batch", task_run_name="test-devices-{first_id}-{last_id}",
       retries=1, retry_delay_seconds=5)
 def check_device_batch(first_id: int, last_id: int, connect_timeout: float = 3.0,
-                      banner_timeout: float = 3.0, concurrency: int = 500) -> dict:
+                      banner_timeout: float = 3.0, concurrency: int = 500) -> BatchReport:
     """Probe the active devices with ids in ``[first_id, last_id]`` and record the results.
 
     A retry is safe: state changes are conditional updates, so a change is notified once.
@@ -43,16 +49,16 @@ def check_device_batch(first_id: int, last_id: int, connect_timeout: float = 3.0
     from pamflow.connectivity import check_devices
     from pamflow.db import store
 
-    report = check_devices(store(), first_id, last_id, connect_timeout=connect_timeout,
-                           banner_timeout=banner_timeout, concurrency=concurrency)
-    return report.as_dict()
+    return check_devices(store(), first_id, last_id, connect_timeout=connect_timeout,
+                         banner_timeout=banner_timeout, concurrency=concurrency)
 
 
 def start_progress(total_batches: int) -> UUID:
     """The progress artifact of this run (0 %)."""
-    return create_progress_artifact(
+    return ran_sync(create_progress_artifact(
         0.0, key=PROGRESS_KEY,
-        description=f"Connectivity test: 0 of {total_batches} device batches done")
+        description=f"Connectivity test: 0 of {total_batches} device batches done"),
+        "create_progress_artifact")
 
 
 def report_progress(artifact_id: UUID, done: int, total: int, devices_done: int) -> None:
@@ -63,23 +69,17 @@ def report_progress(artifact_id: UUID, done: int, total: int, devices_done: int)
                     f"({devices_done} devices tested)")
 
 
-def summarise(reports: list[dict], batches: int, failed: list[str], seconds: float) -> dict:
-    """The run's small, readable summary (the flow's return value)."""
-    total = {k: sum(r[k] for r in reports) for k in ("devices", "tested", "reachable",
-                                                       "unreachable", "no_ports", "inconclusive")}
-    return {
-        **total,
-        "lost": sum(len(r["lost"]) for r in reports),
-        "restored": sum(len(r["restored"]) for r in reports),
-        "batches": batches,
-        "failed_batches": failed,
-        "seconds": round(seconds, 2),
-    }
+def summarise(reports: list[BatchReport], batches: int, failed: list[str], seconds: float
+              ) -> RunSummary:
+    """The run's small, readable summary (the flow returns it as a dict)."""
+    from pamflow.connectivity import summarise as totals
+
+    return totals(reports, batches, failed, seconds)
 
 
-def publish_report(summary: dict, reports: list[dict]) -> None:
+def publish_report(summary: RunSummary, reports: list[BatchReport]) -> None:
     """The table of unreachable devices and a markdown summary, as artifacts of the run."""
-    rows = sorted((row for r in reports for row in r["unreachable_devices"]),
+    rows = sorted((row for r in reports for row in r.unreachable_devices),
                   key=lambda row: (row["name"], row["address"]))
     shown = rows[:TABLE_ROWS_MAX]
     more = f" (first {TABLE_ROWS_MAX} of {len(rows)}, by name)" if len(rows) > len(shown) else ""
@@ -88,8 +88,8 @@ def publish_report(summary: dict, reports: list[dict]) -> None:
         key=UNREACHABLE_KEY,
         description=f"Unreachable devices: {len(rows)}{more}",
     )
-    lost = [name for r in reports for name in r["lost"]]
-    restored = [name for r in reports for name in r["restored"]]
+    lost = [name for r in reports for name in r.lost]
+    restored = [name for r in reports for name in r.restored]
 
     def names(items: list[str]) -> str:
         return ", ".join(sorted(items)[:20]) + (f" and {len(items) - 20} more" if len(items) > 20 else "")
@@ -99,9 +99,9 @@ def publish_report(summary: dict, reports: list[dict]) -> None:
         "",
         "| devices | tested | reachable | unreachable | no ports | lost | restored | seconds |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {summary['devices']} | {summary['tested']} | {summary['reachable']} | "
-        f"{summary['unreachable']} | {summary['no_ports']} | {summary['lost']} | "
-        f"{summary['restored']} | {summary['seconds']} |",
+        f"| {summary.devices} | {summary.tested} | {summary.reachable} | "
+        f"{summary.unreachable} | {summary.no_ports} | {summary.lost} | "
+        f"{summary.restored} | {summary.seconds} |",
         "",
         "Rule: a device is reachable when any configured port accepts a TCP connection "
         "(settings `connectivity_rule: all` requires every port). Devices without ports are "
@@ -111,10 +111,10 @@ def publish_report(summary: dict, reports: list[dict]) -> None:
         lines += ["", f"**Lost of connectivity** ({len(lost)}): {names(lost)}"]
     if restored:
         lines += ["", f"**Connectivity restored** ({len(restored)}): {names(restored)}"]
-    if summary["inconclusive"]:
-        lines += ["", f"**Not recorded** ({summary['inconclusive']}): devices this worker could "
+    if summary.inconclusive:
+        lines += ["", f"**Not recorded** ({summary.inconclusive}): devices this worker could "
                       "not probe (a local failure such as no free file descriptor)"]
-    if summary["failed_batches"]:
-        lines += ["", "**Failed batches** (device id ranges): " + ", ".join(summary["failed_batches"])]
+    if summary.failed_batches:
+        lines += ["", "**Failed batches** (device id ranges): " + ", ".join(summary.failed_batches)]
     create_markdown_artifact(markdown="\n".join(lines), key=SUMMARY_KEY,
                              description="Connectivity test summary")

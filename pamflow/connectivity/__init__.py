@@ -1,4 +1,4 @@
-"""Connectivity test (seed: "Test all devices registered connections"): the domain, no Prefect.
+"""Connectivity test ("Test all devices registered connections"): the domain, no Prefect.
 
 The prober (sockets, epoll, fork) is ``.prober``; the rules and the store are ``.rules``.
 
@@ -61,16 +61,19 @@ from .rules import (
     ACTOR,
     LOST,
     RESTORED,
+    BatchesFailed,
     BatchReport,
+    RunSummary,
     check_devices,
     load_targets,
     plan_batches,
     record_results,
+    summarise,
     target_of,
     unreachable_row,
 )
 
-__all__ = ["ACTOR", "LOCAL", "LOST", "OPEN", "REFUSED", "RESTORED", "TIMEOUT", "BatchReport",
+__all__ = ["ACTOR", "LOCAL", "LOST", "OPEN", "REFUSED", "RESTORED", "TIMEOUT", "BatchesFailed", "BatchReport",
            "DeviceResult", "PortResult", "Target", "check_devices", "load_targets",
-           "plan_batches", "probe", "raise_open_files_limit", "record_results", "target_of",
-           "unreachable_row", "verdict"]
+           "plan_batches", "probe", "raise_open_files_limit", "record_results", "RunSummary",
+           "summarise", "target_of", "unreachable_row", "verdict"]

@@ -167,7 +167,7 @@ async def _resolve(loop: asyncio.AbstractEventLoop, address: str, timeout: float
     # prefer IPv4, as most management networks do
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     family, _type, _proto, _canon, sockaddr = infos[0]
-    return (family, sockaddr[0])
+    return (family, str(sockaddr[0]))
 
 
 def _clean_banner(raw: bytes) -> str:
@@ -507,7 +507,8 @@ def probe(targets: Sequence[Target], *, processes: int = 1, **options) -> list[D
 def _slices(targets: Sequence[Target], n: int) -> list[Sequence[Target]]:
     """``n`` contiguous slices with about the same number of endpoints each."""
     total = sum(len(t.ports) for t in targets)
-    bounds, acc, start = [], 0, 0
+    bounds: list[tuple[int, int]] = []
+    acc, start = 0, 0
     for i, target in enumerate(targets):
         acc += len(target.ports)
         if len(bounds) < n - 1 and acc >= total * (len(bounds) + 1) / n:
@@ -546,7 +547,9 @@ def _probe_forked(targets: Sequence[Target], processes: int, options: dict) -> l
             with os.fdopen(read_end, "rb") as inp:
                 payload = inp.read()
             os.waitpid(pid, 0)
-            status, value = pickle.loads(payload) if payload else ("error", "no answer")  # noqa: S301
+            if not payload:
+                raise RuntimeError("connectivity probe in a child process failed: no answer")
+            status, value = pickle.loads(payload)  # noqa: S301 - our own child's answer
             if status != "ok":
                 raise RuntimeError(f"connectivity probe in a child process failed: {value}")
             results.extend(value)

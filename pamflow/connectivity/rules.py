@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, SupportsIndex, SupportsInt
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from .. import audit, notifications
-from ..models import Connectivity, Device
+from ..errors import PamflowError
+from ..models import Connectivity, Device, table_of
 from .prober import (
     SSH_PORT,
     DeviceResult,
@@ -23,6 +26,11 @@ from .prober import (
 ACTOR = "robot:connectivity-test"
 LOST = "Lost of connectivity"
 RESTORED = "Connectivity restored"
+_DEVICE = table_of(Device)
+
+
+class BatchesFailed(PamflowError, RuntimeError):
+    """Some device batches of a connectivity test failed; the others were recorded."""
 
 
 @dataclass
@@ -43,6 +51,37 @@ class BatchReport:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """A whole run's totals over its batches' reports (small, free of secrets)."""
+
+    devices: int
+    tested: int
+    reachable: int
+    unreachable: int
+    no_ports: int
+    inconclusive: int
+    lost: int
+    restored: int
+    batches: int
+    failed_batches: list[str]  # device id ranges whose batch failed
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarise(reports: Sequence[BatchReport], batches: int, failed: list[str], seconds: float
+              ) -> RunSummary:
+    """The totals of ``reports``, with the batch count, the failed batches and the duration."""
+    return RunSummary(
+        devices=sum(r.devices for r in reports), tested=sum(r.tested for r in reports),
+        reachable=sum(r.reachable for r in reports), unreachable=sum(r.unreachable for r in reports),
+        no_ports=sum(r.no_ports for r in reports), inconclusive=sum(r.inconclusive for r in reports),
+        lost=sum(len(r.lost) for r in reports), restored=sum(len(r.restored) for r in reports),
+        batches=batches, failed_batches=failed, seconds=round(seconds, 2))
+
+
 def _port_list(raw: object) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """Valid ports (deduplicated, in order) and the entries that are not ports."""
     items = raw if isinstance(raw, list | tuple) else ([] if raw in (None, "") else [raw])
@@ -52,7 +91,12 @@ def _port_list(raw: object) -> tuple[tuple[int, ...], tuple[str, ...]]:
         try:
             if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
                 raise ValueError
-            port = int(str(item).strip()) if isinstance(item, str) else int(item)
+            if isinstance(item, str):
+                port = int(item.strip())
+            elif isinstance(item, SupportsInt | SupportsIndex | bytes):
+                port = int(item)
+            else:
+                raise TypeError
         except (TypeError, ValueError):
             invalid.append(str(item)[:20])
             continue
@@ -81,14 +125,15 @@ def plan_batches(engine: Engine, batch_size: int = 1000) -> list[tuple[int, int]
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     with Session(engine) as db:
-        ids = db.exec(select(col(Device.id)).where(col(Device.active)).order_by(col(Device.id))).all()
+        rows = db.exec(select(col(Device.id)).where(col(Device.active)).order_by(col(Device.id))).all()
+    ids = [i for i in rows if i is not None]
     return [(ids[i], ids[min(i + batch_size, len(ids)) - 1]) for i in range(0, len(ids), batch_size)]
 
 
 def load_targets(engine: Engine, first_id: int | None = None, last_id: int | None = None
                  ) -> tuple[list[Target], int]:
     """Active devices with ports in ``[first_id, last_id]``, and how many have none."""
-    t = Device.__table__.c
+    t = _DEVICE.c
     query = sa.select(t.id, t.name, t.address, t.ports, t.settings).where(t.active.is_(True))
     if first_id is not None:
         query = query.where(t.id >= first_id)
@@ -144,11 +189,11 @@ def record_results(engine: Engine, results: Sequence[DeviceResult]) -> BatchRepo
     report = BatchReport()
     if not results:
         return report
-    t = Device.__table__.c
-    table = Device.__table__
+    t = _DEVICE.c
+    table = _DEVICE
     ids = [r.target.device_id for r in results]
-    plain_seen: list[dict] = []
-    plain_unseen: list[dict] = []
+    plain_seen: list[dict[str, Any]] = []
+    plain_unseen: list[dict[str, Any]] = []
     changes: list[tuple[DeviceResult, dict]] = []
     with Session(engine) as db:
         current = {
@@ -166,31 +211,33 @@ def record_results(engine: Engine, results: Sequence[DeviceResult]) -> BatchRepo
             if old != new and old in (Connectivity.reachable, Connectivity.unreachable):
                 changes.append((result, device))
                 continue
-            values = {"_id": result.target.device_id, "_state": new, "_detail": result.detail(),
-                      "_checked": result.checked_at}
+            params: dict[str, Any] = {"_id": result.target.device_id, "_state": new,
+                                      "_detail": result.detail(), "_checked": result.checked_at}
             if old != new:  # first check: silent
-                values["_updated"] = result.checked_at
-            (plain_seen if result.reachable else plain_unseen).append(values)
-        by_id = sa.bindparam("_id")
-        base = {"connectivity": sa.bindparam("_state"), "connectivity_detail": sa.bindparam("_detail"),
-                "last_checked_at": sa.bindparam("_checked")}
+                params["_updated"] = result.checked_at
+            (plain_seen if result.reachable else plain_unseen).append(params)
+        by_id: sa.BindParameter[Any] = sa.bindparam("_id")
+        base: dict[str, sa.BindParameter[Any]] = {
+            "connectivity": sa.bindparam("_state"), "connectivity_detail": sa.bindparam("_detail"),
+            "last_checked_at": sa.bindparam("_checked")}
         for rows, seen in ((plain_seen, True), (plain_unseen, False)):
             for with_updated in (True, False):
                 group = [r for r in rows if ("_updated" in r) == with_updated]
                 if not group:
                     continue
-                values = dict(base)
+                bound = dict(base)
                 if seen:
-                    values["last_seen_at"] = sa.bindparam("_checked")
+                    bound["last_seen_at"] = sa.bindparam("_checked")
                 if with_updated:
-                    values["updated_at"] = sa.bindparam("_updated")
-                db.execute(sa.update(table).where(t.id == by_id).values(**values), group)
+                    bound["updated_at"] = sa.bindparam("_updated")
+                db.execute(sa.update(table).where(t.id == by_id).values(**bound), group)
         for result, device in changes:
-            values = {"connectivity": result.connectivity, "connectivity_detail": result.detail(),
-                      "last_checked_at": result.checked_at, "updated_at": result.checked_at}
+            values: dict[str, str | datetime] = {
+                "connectivity": result.connectivity, "connectivity_detail": result.detail(),
+                "last_checked_at": result.checked_at, "updated_at": result.checked_at}
             if result.reachable:
                 values["last_seen_at"] = result.checked_at
-            done = db.execute(
+            done = db.exec(
                 sa.update(table)
                 .where(t.id == result.target.device_id, t.connectivity == device["connectivity"])
                 .values(**values)

@@ -117,7 +117,8 @@ class _StepTimer:
     def __init__(self, n: int) -> None:
         import time
 
-        self.n, self._clock, self.laps = n, time.monotonic, {}
+        self.n, self._clock = n, time.monotonic
+        self.laps: dict[str, float] = {}
         self._last = self._clock()
 
     def lap(self, step: str) -> None:

@@ -21,6 +21,7 @@ from ..models import (
     Operation,
     OperationKind,
     OperationState,
+    row_id,
     utcnow,
 )
 from ..operations import queue as opqueue
@@ -121,7 +122,7 @@ def queue_due_changes(engine: Engine, *, now: datetime | None = None, limit: int
                 col(Credential.id).not_in(_busy_credentials([OperationKind.change])),
                 col(Credential.id).not_in(_reserved_now(now)), attention_cleared())
             .order_by(col(Credential.id))).all()
-        items = []
+        items: list[dict] = []
         for cred, dev in rows:
             due = due_at(cred)
             if due is None or due > now:
@@ -133,8 +134,8 @@ def queue_due_changes(engine: Engine, *, now: datetime | None = None, limit: int
                 cred.status_detail = f"{why} at {due.isoformat()}"
                 cred.updated_at = now
                 db.add(cred)
-            items.append(dict(kind="change", credential_id=cred.id, reason=why, priority=50))
-            queued.append(DueChange(cred.id, cred.username, dev.name, due.isoformat(), why))
+            items.append(dict(kind="change", credential_id=row_id(cred), reason=why, priority=50))
+            queued.append(DueChange(row_id(cred), cred.username, dev.name, due.isoformat(), why))
             if len(items) >= limit:
                 break
         db.commit()
@@ -160,13 +161,14 @@ def queue_password_checks(engine: Engine, *, max_age: timedelta = timedelta(hour
                 col(Credential.id).not_in(_busy_credentials(list(OperationKind))))
             .order_by(col(Credential.last_verified_at).is_not(None), col(Credential.last_verified_at))
             .limit(limit)).all()
-    if rows:
-        opqueue.enqueue_many(engine, [dict(kind="verify", credential_id=cid, priority=200,
+    checks = [QueuedCheck(cid, user, dev) for cid, user, dev in rows if cid is not None]
+    if checks:
+        opqueue.enqueue_many(engine, [dict(kind="verify", credential_id=c.credential_id, priority=200,
                                            reason="periodic password check",
                                            expires_at=now + max(max_age, timedelta(hours=1)))
-                                      for cid, _u, _d in rows],
+                                      for c in checks],
                              requested_by=actor)
-    return [QueuedCheck(cid, user, dev) for cid, user, dev in rows]
+    return checks
 
 
 def queue_change_reminders(engine: Engine, *, days_before: int = 7, now: datetime | None = None,
@@ -188,7 +190,7 @@ def queue_change_reminders(engine: Engine, *, days_before: int = 7, now: datetim
             if due is None or due > horizon or due <= now:
                 continue
             days = max(0, (due - now).days)
-            reminder = Reminder(cred.id, dev.id, dev.name, cred.username, due.isoformat())
+            reminder = Reminder(row_id(cred), row_id(dev), dev.name, cred.username, due.isoformat())
             context = asdict(reminder)
             notifications.queue(db, "Password change reminder",
                                 f"Password change reminder: {cred.username} on {dev.name}",
@@ -242,7 +244,7 @@ def process_reservations(engine: Engine, *, now: datetime | None = None,
                                       reason=f"reservation {res.id} {phase}",
                                       requested_by=res.requested_by,
                                       parameters={"reservation_id": res.id, "phase": phase}))
-                event = ReservationEvent(res.id, res.credential_id, res.requested_by, phase,
+                event = ReservationEvent(row_id(res), res.credential_id, res.requested_by, phase,
                                          bool(change and cred is not None))
                 context = asdict(event)
                 verb = "started" if phase == "start" else "ended"

@@ -81,12 +81,12 @@ def _try_secrets(ctx: Context, w: Work) -> str:
             return f"unconfirmed:{n}"
     if w.reconciler is None:
         return "invalid"
-    secret = w.pending or w.current
-    if not secret:
+    wanted = w.pending or w.current
+    if not wanted:
         return "invalid"
     try:
         [result] = ctx.target(w.protocol).apply(
-            w.endpoint, [Change(w.username, secret, None)], w.reconciler, ctx.timeout)
+            w.endpoint, [Change(w.username, wanted, None)], w.reconciler, ctx.timeout)
         if result.error is not None:
             raise result.error
     except TargetError as exc:
@@ -95,7 +95,7 @@ def _try_secrets(ctx: Context, w: Work) -> str:
         # nothing was changed (the reconcile account was refused, the change refused): known
         w.reconcile_error = _describe(exc, w.secrets)
         return "invalid"
-    if _verify(ctx, w, secret):
+    if _verify(ctx, w, wanted):
         return "reconcile"
     return "invalid"
 
@@ -291,8 +291,9 @@ def verify_candidates(ctx: Context, works: Sequence[Work]) -> list[Work]:
     if not ids:
         return list(works)
     with Session(ctx.engine) as db:
-        tokens = dict(db.exec(select(col(Credential.id), col(Credential.candidate_secret)).where(
-            col(Credential.id).in_(ids), col(Credential.candidate_secret).is_not(None))).all())
+        rows = db.exec(select(col(Credential.id), col(Credential.candidate_secret)).where(
+            col(Credential.id).in_(ids), col(Credential.candidate_secret).is_not(None))).all()
+    tokens = {cid: cipher for cid, cipher in rows if cid is not None and cipher is not None}
     if not tokens:
         return list(works)
     rest = [w for w in works if w.credential_id not in tokens]
@@ -433,4 +434,4 @@ def needs_settling(engine: Engine) -> list[int]:
                            col(Device.active) == sa.true())),
             attention_cleared(),
             col(Credential.id).not_in(busy))).all()
-    return list(rows)
+    return [i for i in rows if i is not None]

@@ -14,6 +14,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from .. import audit, notifications
+from ..errors import PamflowError
 from ..models import (
     Credential,
     CredentialHistory,
@@ -21,6 +22,7 @@ from ..models import (
     Device,
     Operation,
     OperationKind,
+    row_id,
     utcnow,
 )
 from ..operations import queue as opqueue
@@ -34,6 +36,10 @@ from .work import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class PromoteRefused(PamflowError):
+    """A pending secret was to become current, but the credential has none."""
 
 
 # ----------------------------------------------------------------------------- store writes
@@ -80,18 +86,18 @@ def close_problems(ctx: Context, problems: Sequence[Problem]) -> None:
         return
     now = utcnow()
     with Session(ctx.engine, expire_on_commit=False) as db:
-        held = opqueue.hold(db, {p.op.id: p.op.lease_epoch for p in problems}, ctx.owner)
+        held = opqueue.hold(db, {row_id(p.op): p.op.lease_epoch for p in problems}, ctx.owner)
         creds = _credentials(db, [p.op.credential_id for p in problems
                                   if p.attention and p.op.credential_id is not None])
         for p in problems:
-            op = held.get(p.op.id)
+            op = held.get(row_id(p.op))
             if op is None:
                 continue
             opqueue.mark_failed(db, op, p.error, retryable=p.retryable,
                                 result={"failed_step": "load"})
             context = {"operation_id": op.id, "credential_id": op.credential_id,
                        "device_id": op.device_id, "device": p.device, "account": p.account}
-            cred = creds.get(op.credential_id) if p.attention else None
+            cred = creds.get(op.credential_id) if p.attention and op.credential_id is not None else None
             if cred is not None:
                 already = cred.attention is not None and not _changed_since_attention(db, cred)
                 cred.attention, cred.attention_at = p.error[:1000], now
@@ -214,7 +220,7 @@ def _credentials(db: Session, ids: Iterable[int]) -> dict[int, Credential]:
     ids = list(set(ids))
     if not ids:
         return {}
-    return {c.id: c for c in db.exec(select(Credential).where(col(Credential.id).in_(ids)))}
+    return {row_id(c): c for c in db.exec(select(Credential).where(col(Credential.id).in_(ids)))}
 
 
 def _clear_pending(cred: Credential) -> None:
@@ -233,7 +239,7 @@ def _set_aside(db: Session, cred: Credential, box: Vault, now: datetime) -> None
     """
     if cred.pending_secret:
         db.add(CredentialHistory(
-            credential_id=cred.id, version=cred.secret_version + 1,
+            credential_id=row_id(cred), version=cred.secret_version + 1,
             secret=box.reseal(cred.pending_secret, _aad(cred, "pending"), _aad(cred, "history")),
             retired_at=now, reason=f"{UNCONFIRMED} of operation {cred.pending_operation_id}"))
     _clear_pending(cred)
@@ -242,7 +248,7 @@ def _set_aside(db: Session, cred: Credential, box: Vault, now: datetime) -> None
 def _retire_current(db: Session, cred: Credential, box: Vault, reason: str, now: datetime) -> None:
     """The current secret goes to history (re-sealed for the history field)."""
     if cred.secret:
-        db.add(CredentialHistory(credential_id=cred.id, version=cred.secret_version,
+        db.add(CredentialHistory(credential_id=row_id(cred), version=cred.secret_version,
                                  secret=box.reseal(cred.secret, _aad(cred, "secret"),
                                                    _aad(cred, "history")),
                                  retired_at=now, reason=reason))
@@ -250,8 +256,12 @@ def _retire_current(db: Session, cred: Credential, box: Vault, reason: str, now:
 
 def _promote(db: Session, cred: Credential, reason: str, now: datetime, box: Vault) -> None:
     """Pending becomes current; the previous current goes to history; a candidate is void."""
+    pending = cred.pending_secret
+    if pending is None:
+        raise PromoteRefused(f"account {cred.username} (credential {cred.id}) has no pending secret "
+                             f"to promote ({reason}, step promote)")
     _retire_current(db, cred, box, reason, now)
-    cred.secret = box.reseal(cred.pending_secret, _aad(cred, "pending"), _aad(cred, "secret"))
+    cred.secret = box.reseal(pending, _aad(cred, "pending"), _aad(cred, "secret"))
     cred.secret_version += 1
     cred.candidate_secret = None
     _clear_pending(cred)

@@ -24,6 +24,7 @@ from ..models import (
     Operation,
     OperationKind,
     SystemParameter,
+    row_id,
 )
 from ..passwords import PasswordPolicy, at_floor
 from ..targets import DEFAULT_PORTS, get_target, protocol_for
@@ -193,7 +194,7 @@ def _endpoint(device: Device, protocol: str) -> Endpoint:
     usual = [p for p in PROTOCOL_PORTS.get(protocol, ()) if p in ports]
     port = settings.get("port") or (usual[0] if usual else ports[0] if ports
                                     else DEFAULT_PORTS.get(protocol, 0))
-    return Endpoint(device_id=device.id, name=device.name, address=device.address, port=int(port),
+    return Endpoint(device_id=row_id(device), name=device.name, address=device.address, port=int(port),
                     settings=settings)
 
 
@@ -264,7 +265,7 @@ def load(ctx: Context, ops: Sequence[Operation]) -> tuple[list[Work], list[Probl
                                             "inactive", dev.name, cred.username))
                 continue
             works.append(Work(
-                op_id=op.id, kind=op.kind, credential_id=cred.id, device_id=dev.id,
+                op_id=row_id(op), kind=op.kind, credential_id=row_id(cred), device_id=row_id(dev),
                 device=dev.name, username=cred.username, protocol=protocol,
                 endpoint=_endpoint(dev, protocol), admin=admin, reconciler=reconciler,
                 current=current, pending=pending, pending_cipher=cred.pending_secret,

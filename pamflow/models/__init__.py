@@ -1,6 +1,6 @@
 """The domain store's tables. Import from here: ``from pamflow.models import Device``."""
 
-from ._base import utcnow
+from ._base import NotStored, row_id, table_of, utcnow
 from .activity import AccessGroup, AccessGroupMember, Certificate, Session, SessionEvent, User
 from .inventory import (
     Connectivity,
@@ -26,6 +26,7 @@ __all__ = [
     "CredentialStatus",
     "Device",
     "HostKey",
+    "NotStored",
     "Notification",
     "Operation",
     "OperationKind",
@@ -37,5 +38,7 @@ __all__ = [
     "User",
     "WebhookDelivery",
     "WebhookSource",
+    "row_id",
+    "table_of",
     "utcnow",
 ]

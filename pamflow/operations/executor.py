@@ -1,9 +1,10 @@
 """The operation executor: claim batches from the queue and run them, until empty or forever.
 
 ``drain`` claims and runs batches until the queue has nothing runnable (the benchmark and
-the robots call it); ``serve`` is one long-lived service instance (DESIGN.md "Service
-robots"): it polls the queue every ``poll_s`` seconds for ``lifetime_s`` seconds, then
-returns so the schedule starts a fresh instance running the newest code.
+the robots call it); ``serve`` is one long-lived service instance (each simultaneous
+instance of the executor robot is one flow run that claims work as it arrives): it polls
+the queue every ``poll_s`` seconds for ``lifetime_s`` seconds, then returns so the
+schedule starts a fresh instance running the newest code.
 
 While a batch runs, a heartbeat thread renews the batch's leases; if the process dies the
 leases expire and another executor (or ``recover``) reclaims the operations,
@@ -37,7 +38,7 @@ from sqlmodel import Session, col
 
 from .. import credentials
 from ..credentials.work import PolicySource
-from ..models import Operation, OperationState
+from ..models import Operation, OperationState, row_id
 from . import queue as opqueue
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class _Heartbeat(threading.Thread):
                  lost: set[int]) -> None:
         super().__init__(name="pamflow-lease-heartbeat", daemon=True)
         self.engine, self.owner, self.lease_s, self.lost = engine, owner, lease_s, lost
-        self.epochs = {op.id: op.lease_epoch for op in ops}
+        self.epochs = {row_id(op): op.lease_epoch for op in ops}
         self.ids = list(self.epochs)
         self.stopped = threading.Event()
 
@@ -118,8 +119,9 @@ def run_batch(ctx: credentials.Context, ops: Sequence[Operation], lease_s: float
         _fail_leftovers(ctx, ops, "the executor left the operation unfinished")
     finally:
         heartbeat.stop()
-    lost = [op.id for op in ops if op.id in ctx.lost]
-    outcome = _outcomes(ctx.engine, [op.id for op in ops if op.id not in ctx.lost])
+    ids = [row_id(op) for op in ops]
+    lost = [i for i in ids if i in ctx.lost]
+    outcome = _outcomes(ctx.engine, [i for i in ids if i not in ctx.lost])
     if lost:
         outcome["lost"] += len(lost)  # another executor (or recovery) finished them
     return outcome
@@ -132,7 +134,7 @@ def _fail_leftovers(ctx: credentials.Context, ops: Sequence[Operation], why: str
     """
     try:
         with Session(ctx.engine, expire_on_commit=False) as db:
-            rows = opqueue.hold(db, {op.id: op.lease_epoch for op in ops}, ctx.owner)
+            rows = opqueue.hold(db, {row_id(op): op.lease_epoch for op in ops}, ctx.owner)
             for row in rows.values():
                 opqueue.mark_failed(db, row, f"{why} (step {row.step or 'claim'})",
                                     retryable=True)

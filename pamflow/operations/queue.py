@@ -38,7 +38,7 @@ from sqlmodel import Session, col, select
 
 from .. import audit
 from ..errors import PamflowError
-from ..models import Credential, Device, Operation, OperationKind, OperationState, utcnow
+from ..models import Credential, Device, Operation, OperationKind, OperationState, row_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ def _enqueue_bulk(db: Session, items: list[dict], requested_by: str, now: dateti
     if cred_ids:
         for op in db.exec(select(Operation).where(col(Operation.credential_id).in_(cred_ids),
                                                   col(Operation.state) == OperationState.queued)):
-            queued[(op.credential_id, op.kind)] = op
+            if op.credential_id is not None:
+                queued[(op.credential_id, op.kind)] = op
     planned: list[tuple[Operation, bool]] = []
     for item in items:
         kind, credential_id, not_before, expires_at, priority = _validated(item, now)
@@ -159,7 +160,7 @@ def _enqueue_bulk(db: Session, items: list[dict], requested_by: str, now: dateti
             queued[(credential_id, kind)] = op
         planned.append((op, False))
     db.flush()
-    return [Enqueued(op.id, coalesced) for op, coalesced in planned]
+    return [Enqueued(row_id(op), coalesced) for op, coalesced in planned]
 
 
 def _validated(item: dict, now: datetime) -> tuple:
@@ -204,7 +205,7 @@ def _enqueue_one(db: Session, item: dict, requested_by: str, now: datetime) -> E
         if existing is None:
             raise
         return _coalesce(db, existing, priority, not_before, expires_at)
-    return Enqueued(op.id, False)
+    return Enqueued(row_id(op), False)
 
 
 def _queued_for(db: Session, credential_id: int, kind: str) -> Operation | None:
@@ -221,7 +222,7 @@ def _coalesce(db: Session, op: Operation, priority: int, not_before: datetime,
         op.expires_at = expires_at
     db.add(op)
     db.flush()
-    return Enqueued(op.id, True)
+    return Enqueued(row_id(op), True)
 
 
 def emit_queued(operation_ids: Sequence[int], *, requested_by: str = "system") -> bool:
@@ -326,7 +327,7 @@ def claim(engine: Engine | None, owner: str, limit: int = 100, *,
         for op in ops:
             db.expunge(op)
     order = {op_id: i for i, op_id in enumerate(taken)}
-    return sorted(ops, key=lambda o: order[o.id])
+    return sorted(ops, key=lambda o: order[row_id(o)])
 
 
 _MARK = sa.text(
@@ -349,12 +350,12 @@ def _mark_running(conn: sa.Connection, ids: list[int], owner: str, now: datetime
         return ids
     except sa.exc.IntegrityError:
         # another executor started an operation of one of these credentials meanwhile
-        taken = []
-        for p in params:
+        taken: list[int] = []
+        for op_id, p in zip(ids, params, strict=True):
             try:
                 with conn.begin_nested():
                     conn.execute(_MARK, p)
-                taken.append(p["id"])
+                taken.append(op_id)
             except sa.exc.IntegrityError:
                 continue
         return taken
@@ -408,14 +409,14 @@ def hold(db: Session, claims: Mapping[int, int], owner: str | None, *, step: str
         if min_lease_s is not None:
             stmt = stmt.where(col(Operation.lease_expires_at) > now + timedelta(seconds=min_lease_s))
         stmt = stmt.values(step=step) if step else stmt.values(lease_epoch=col(Operation.lease_epoch))
-        if db.execute(stmt.execution_options(synchronize_session=False)).rowcount:
+        if db.exec(stmt.execution_options(synchronize_session=False)).rowcount:
             held_ids.append(op_id)
     if not held_ids:
         return {}
     # populate_existing: the UPDATEs above bypassed the session's identity map
     rows = db.exec(select(Operation).where(col(Operation.id).in_(held_ids))
                    .execution_options(populate_existing=True)).all()
-    return {row.id: row for row in rows}
+    return {row_id(row): row for row in rows}
 
 
 def release(db: Session, ops: Iterable[Operation], reason: str) -> int:
@@ -453,7 +454,7 @@ def held_many(db: Session, ids: Iterable[int], owner: str | None) -> dict[int, O
     q = select(Operation).where(col(Operation.id).in_(ids), col(Operation.state) == OperationState.running)
     if owner is not None:
         q = q.where(col(Operation.lease_owner) == owner)
-    return {op.id: op for op in db.exec(q)}
+    return {row_id(op): op for op in db.exec(q)}
 
 
 def mark_succeeded(db: Session, op: Operation, result: dict | None = None,
@@ -556,7 +557,7 @@ def retry_failed(engine: Engine | None = None, *, limit: int = 1000,
             op.result = {**(op.result or {}), "last_error": op.error}
             db.add(op)
             db.flush()
-            requeued.append(op.id)
+            requeued.append(row_id(op))
             if op.credential_id is not None and op.kind in SECRET_KINDS:
                 busy.add(op.credential_id)
         if requeued:
@@ -628,13 +629,15 @@ def cancel_expired(engine: Engine | None = None, *, now: datetime | None = None,
                                               col(Operation.expires_at).is_not(None),
                                               col(Operation.expires_at) <= now)).all()
         for op in ops:
+            expires_at = op.expires_at
+            if expires_at is None:  # the query asked for an expiry; nothing to cancel without one
+                continue
             op.state = OperationState.cancelled
-            op.error = (f"expired: not started before {op.expires_at.isoformat()} "
+            op.error = (f"expired: not started before {expires_at.isoformat()} "
                         f"(queued {op.created_at.isoformat()}, {op.attempts} attempt(s))")
             op.finished_at = now
             db.add(op)
-            cancelled.append(Cancelled(op.id, op.kind, op.credential_id,
-                                       op.expires_at.isoformat()))
+            cancelled.append(Cancelled(row_id(op), op.kind, op.credential_id, expires_at.isoformat()))
         if cancelled:
             audit.record(db, actor, "operation.expired", "operation", None,
                          {"operation_ids": [c.id for c in cancelled][:200],
@@ -655,7 +658,7 @@ def release_expired_leases(engine: Engine | None = None, *, now: datetime | None
         ops = db.exec(select(Operation).where(col(Operation.state) == OperationState.running,
                                               col(Operation.lease_expires_at) < now)).all()
         for op in ops:
-            released.append(ReleasedLease(op.id, op.kind, op.credential_id, op.lease_owner,
+            released.append(ReleasedLease(row_id(op), op.kind, op.credential_id, op.lease_owner,
                                           op.step))
             if op.credential_id is not None and _queued_for(db, op.credential_id, op.kind):
                 # the same work is queued again already; it settles the credential first

@@ -481,8 +481,9 @@ class LDAPTarget:
         if admin is not None:
             return self._apply_admin(endpoint, changes, admin, timeout)
         results = [self._apply_self(endpoint, change, timeout) for change in changes]
-        if all(isinstance(r.error, Unreachable) for r in results):
-            raise results[0].error
+        down = [r.error for r in results if isinstance(r.error, Unreachable)]
+        if len(down) == len(results):
+            raise down[0]
         return results
 
     def _apply_admin(self, endpoint: Endpoint, changes: list[Change], admin: Login,

@@ -552,8 +552,9 @@ class SSHTarget:
             with ThreadPoolExecutor(min(SELF_SERVICE_PARALLEL, len(changes)),
                                     thread_name_prefix="pamflow-passwd") as pool:
                 results = list(pool.map(one, changes))
-        if results and all(isinstance(r.error, Unreachable | HostKeyChanged) for r in results):
-            raise results[0].error  # nothing could be applied anywhere
+        down = [r.error for r in results if isinstance(r.error, Unreachable | HostKeyChanged)]
+        if results and len(down) == len(results):
+            raise down[0]  # nothing could be applied anywhere
         return results
 
     def _passwd(self, endpoint: Endpoint, change: Change, timeout: float) -> None:

@@ -63,7 +63,8 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Literal, TypeVar
 
 from pamflow.targets.base import (
     AuthenticationFailed,
@@ -82,7 +83,14 @@ log = logging.getLogger(__name__)
 
 _FORBIDDEN_NAME_CHARS = set('"/\\[]:;|=,+*?<>@\r\n\0')
 SCHEMES = ("https", "http")
-TRANSPORTS = ("ntlm", "basic", "kerberos", "credssp", "certificate", "plaintext", "ssl")
+Transport = Literal["ntlm", "basic", "kerberos", "credssp", "certificate", "plaintext", "ssl"]
+Validation = Literal["validate", "ignore"]
+Encryption = Literal["auto", "always", "never"]
+TRANSPORTS: tuple[Transport, ...] = ("ntlm", "basic", "kerberos", "credssp", "certificate", "plaintext",
+                                     "ssl")
+VALIDATIONS: tuple[Validation, ...] = ("validate", "ignore")
+ENCRYPTIONS: tuple[Encryption, ...] = ("auto", "always", "never")
+_Choice = TypeVar("_Choice", bound=str)
 _STDIN_CHUNK = 48 * 1024  # bytes per WS-Management Send (envelope max is 150 KiB)
 _ACCESS_DENIED = 5
 
@@ -177,6 +185,11 @@ def _scrub(text: str, secrets: Iterable[str | None]) -> str:
     return " ".join(text.split())[:300]
 
 
+def _one_of(value: str, choices: tuple[_Choice, ...]) -> _Choice | None:
+    """``value`` as one of ``choices`` (None when it is none of them)."""
+    return next((choice for choice in choices if choice == value), None)
+
+
 def _local_name(username: str) -> str:
     """``HOST\\user`` / ``.\\user`` -> ``user`` (the local account ADSI binds to)."""
     return username.rsplit("\\", 1)[-1]
@@ -226,20 +239,25 @@ class WinRMTarget:
 
     def check_settings(self, endpoint: Endpoint) -> None:
         """Raise ``_BadSetting`` for a setting this target does not accept."""
-        settings = endpoint.settings or {}
+        self._checked(endpoint.settings or {})
+
+    def _checked(self, settings: dict) -> tuple[Transport, Validation, Encryption]:
+        """The transport, certificate validation and message encryption settings, checked."""
         self._scheme(settings)
-        validation = str(settings.get("server_cert_validation") or "validate").lower()
-        if validation not in ("validate", "ignore"):
+        validation = _one_of(str(settings.get("server_cert_validation") or "validate").lower(),
+                             VALIDATIONS)
+        if validation is None:
             raise _BadSetting("setting server_cert_validation must be validate or ignore, not "
                               f"{settings.get('server_cert_validation')!r}")
-        transport = str(settings.get("transport") or "ntlm").lower()
-        if transport not in TRANSPORTS:
+        transport = _one_of(str(settings.get("transport") or "ntlm").lower(), TRANSPORTS)
+        if transport is None:
             raise _BadSetting(f"setting transport must be one of {', '.join(TRANSPORTS)}, not "
                               f"{settings.get('transport')!r}")
-        encryption = str(settings.get("message_encryption") or "auto").lower()
-        if encryption not in ("auto", "always", "never"):
+        encryption = _one_of(str(settings.get("message_encryption") or "auto").lower(), ENCRYPTIONS)
+        if encryption is None:
             raise _BadSetting("setting message_encryption must be auto, always or never, not "
                               f"{settings.get('message_encryption')!r}")
+        return transport, validation, encryption
 
     def _warn_insecure(self, endpoint: Endpoint, url: str, transport: str,
                        validation: str) -> None:
@@ -257,11 +275,9 @@ class WinRMTarget:
         from winrm.protocol import Protocol
 
         settings = endpoint.settings or {}
-        self.check_settings(endpoint)
+        transport, validation, encryption = self._checked(settings)
         operation = max(1, min(20, math.ceil(timeout)))
         read = max(operation + 1, math.ceil(timeout))
-        transport = str(settings.get("transport") or "ntlm").lower()
-        validation = str(settings.get("server_cert_validation") or "validate").lower()
         username: str | bytes = login.username
         secret: str | bytes = login.secret
         if transport in ("basic", "plaintext", "ssl"):  # RFC 7617 UTF-8, not requests' latin-1
@@ -273,11 +289,13 @@ class WinRMTarget:
         return Protocol(
             url,
             transport=transport,
-            username=username,
-            password=secret,
+            # pywinrm hands these to requests, which takes bytes (the UTF-8 Basic credentials)
+            username=username,  # type: ignore[arg-type]
+            password=secret,  # type: ignore[arg-type]
             server_cert_validation=validation,
-            ca_trust_path=ca,
-            message_encryption=str(settings.get("message_encryption") or "auto").lower(),
+            # pywinrm's annotation omits None, which its transport reads as "no CA override"
+            ca_trust_path=ca,  # type: ignore[arg-type]
+            message_encryption=encryption,
             read_timeout_sec=read,
             operation_timeout_sec=operation,
             proxy=settings.get("proxy") or None,
@@ -406,9 +424,9 @@ class WinRMTarget:
         elif valid:
             for i, change in valid:
                 results[i] = self._apply_self(endpoint, change, timeout)
-            errors = [results[i].error for i, _ in valid]
-            if all(isinstance(e, Unreachable) for e in errors):
-                raise errors[0]
+            down = [e for i, _ in valid if isinstance(e := results[i].error, Unreachable)]
+            if len(down) == len(valid):
+                raise down[0]
         return [results[i] for i in range(len(changes))]
 
     def _apply_admin(self, endpoint: Endpoint, valid: list[tuple[int, Change]], admin: Login,
@@ -465,7 +483,7 @@ class WinRMTarget:
     @staticmethod
     def _outcome_error(outcomes: dict[int, str | None], n: int, script_ran: bool,
                        stderr: bytes, code: int, endpoint: Endpoint, change: Change,
-                       secrets: list[str | None]) -> TargetError | None:
+                       secrets: Sequence[str | None]) -> TargetError | None:
         where = {"device": endpoint.name, "account": change.username, "step": "apply"}
         if n in outcomes:
             reason = outcomes[n]

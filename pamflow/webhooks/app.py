@@ -34,6 +34,7 @@ import time
 
 from sqlalchemy.engine import Engine
 
+from ..errors import PamflowError
 from .outbox import (
     MAX_FAILURES,
     Accepted,
@@ -70,7 +71,9 @@ def _body(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-class Refused(Exception):
+class Refused(PamflowError):
+    """A call the gateway answers with ``status`` and ``reason`` instead of accepting it."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
@@ -122,7 +125,8 @@ class Gateway:
             self.forwarder.start()
             self.writer = OutboxWriter(engine, on_commit=self.forwarder.hand_over)
             self.forwarder.writer = self.writer
-            self._refresher = asyncio.create_task(self._refresh_loop(), name="webhook-secrets")
+            self._refresher = asyncio.create_task(self._refresh_loop(engine, self.secrets),
+                                                  name="webhook-secrets")
             self.started = True
             self.forwarder.wake()  # deliver what an earlier run left in the outbox
             log.info("webhook gateway started; sources: %s; forwarding to %s",
@@ -148,24 +152,26 @@ class Gateway:
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
 
-    async def _refresh_loop(self) -> None:
-        assert self.secrets is not None
+    async def _refresh_loop(self, engine: Engine, secrets: SecretCache) -> None:
         while True:
             await asyncio.sleep(self.refresh_seconds)
             try:
-                await asyncio.to_thread(self.secrets.refresh)
-                await asyncio.to_thread(checkpoint, self._engine)
+                await asyncio.to_thread(secrets.refresh)
+                await asyncio.to_thread(checkpoint, engine)
             except Exception as exc:  # noqa: BLE001 - keep the cached secrets, retry
                 log.warning("could not refresh webhook sources: %s", exc.__class__.__name__)
 
     async def health(self) -> dict:
         """Counters of this process and the store's counts of waiting and dead outbox rows."""
         fw = self.forwarder
-        try:
-            pending = await asyncio.to_thread(pending_count, self._engine)
-            dead = await asyncio.to_thread(dead_count, self._engine)
-        except Exception:  # noqa: BLE001 - health reports, it does not fail
-            pending = dead = None
+        pending: int | None = None
+        dead: int | None = None
+        if self._engine is not None:  # None until the gateway started: nothing to count yet
+            try:
+                pending = await asyncio.to_thread(pending_count, self._engine)
+                dead = await asyncio.to_thread(dead_count, self._engine)
+            except Exception:  # noqa: BLE001 - health reports, it does not fail
+                pending = dead = None
         return {"status": "ok", "outbox_pending": pending, "outbox_dead": dead,
                 "forwarded": fw.forwarded if fw else 0,
                 "prefect_error": fw.last_error if fw else None, **self.counts}
@@ -241,13 +247,15 @@ class Gateway:
 
         body = await self._read_body(receive)
 
-        assert self.secrets is not None
-        known, keys = self.secrets.candidates(source)
+        secrets, writer = self.secrets, self.writer
+        if secrets is None or writer is None:  # stopped meanwhile, or never started
+            raise Refused(503, "gateway not running, retry later")
+        known, keys = secrets.candidates(source)
         message = signing_bytes(timestamp, delivery, event, body)
         if not signature_matches(keys, message, signature):
             # a rotated or new secret may not be cached yet: re-read once, then decide
-            await self._refresh_after_miss()
-            known, keys = self.secrets.candidates(source)
+            await self._refresh_after_miss(secrets)
+            known, keys = secrets.candidates(source)
             if not (known and signature_matches(keys, message, signature)):
                 raise Refused(401, "invalid signature")
 
@@ -260,32 +268,30 @@ class Gateway:
             validate_payload(name, payload)
         except PayloadError as exc:
             raise Refused(422, str(exc)) from None
-        payload["tenant"] = self.secrets.tenant(source)  # the source's, never the caller's
+        payload["tenant"] = secrets.tenant(source)  # the source's, never the caller's
 
-        assert self.writer is not None
         item = Accepted(source=source, delivery_id=delivery, event=name, payload=payload)
         try:
-            written = await self.writer.submit(item)
+            written = await writer.submit(item)
         except Exception:  # noqa: BLE001 - the store is down: the sender retries later
             raise Refused(503, "store unavailable, retry later") from None
         if not written:
             raise Refused(409, "replay: delivery id already seen")
         return 202, {"event_id": item.event_id, "event": name}
 
-    async def _refresh_after_miss(self) -> None:
+    async def _refresh_after_miss(self, secrets: SecretCache) -> None:
         """Re-read the sources after a miss; misses share one re-read per ``min_interval``
         (a flood of bad calls costs one small query every half second, and waits for it)."""
-        assert self.secrets is not None
         if self._miss_lock is None:
             self._miss_lock = asyncio.Lock()
         asked = time.monotonic()
         async with self._miss_lock:
-            if self.secrets.last_refresh >= asked:
+            if secrets.last_refresh >= asked:
                 return  # another miss re-read the sources while this one waited
-            wait = self.secrets.min_interval - (time.monotonic() - self.secrets.last_refresh)
+            wait = secrets.min_interval - (time.monotonic() - secrets.last_refresh)
             if wait > 0:
                 await asyncio.sleep(wait)
-            await asyncio.to_thread(self.secrets.refresh)
+            await asyncio.to_thread(secrets.refresh)
 
     async def _read_body(self, receive) -> bytes:
         chunks = []

@@ -36,12 +36,13 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from ..events import prefect_api_url, prefect_auth_headers
-from ..models import WebhookDelivery, utcnow
+from ..models import WebhookDelivery, table_of, utcnow
 
 log = logging.getLogger("pamflow.webhooks")
-T = WebhookDelivery.__table__
+T = table_of(WebhookDelivery)
 LEASE = timedelta(seconds=30)
 RETENTION = timedelta(days=1)  # delivered rows kept (replay guard) well past the 5-minute window
 MAX_FAILURES = int(os.environ.get("PAMFLOW_WEBHOOK_MAX_FAILURES", 20))
@@ -70,10 +71,12 @@ class Accepted:
 
 def _insert_ignore(engine: Engine):
     if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(T).on_conflict_do_nothing()
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(T).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(T).on_conflict_do_nothing()
 
 
 class _RawStatements:
@@ -107,7 +110,7 @@ class _RawStatements:
 
     def params(self, stmt: tuple[str, list[str] | None], values: dict[str, Any]):
         procs = self._procs
-        conv = {k: (procs[k](v) if procs.get(k) else v) for k, v in values.items()}
+        conv = {k: (proc(v) if (proc := procs.get(k)) else v) for k, v in values.items()}
         names = stmt[1]
         return tuple(conv[n] for n in names) if names is not None else conv
 
@@ -136,7 +139,7 @@ class OutboxWriter:
         self.lease = lease
         self.threaded = engine.dialect.name != "sqlite" if threaded is None else threaded
         self._sql = _RawStatements(engine)
-        self._raw = None
+        self._raw: PoolProxiedConnection | None = None
         self._ops: list = []
         self._scheduled = False
         self._closed = False
@@ -607,17 +610,19 @@ class Forwarder:
         await asyncio.to_thread(bury, self.engine, event_ids, error)
         self.dead += len(event_ids)
 
-    async def _post(self, bodies: list[bytes]) -> tuple[str, str | None]:
-        """("ok" | "refused" | "failed" | "unavailable", the error) for one post."""
-        assert self._client is not None
+    async def _post(self, bodies: list[bytes]) -> tuple[str, str]:
+        """("ok" | "refused" | "failed" | "unavailable", the error; "" when ok) for one post."""
+        client = self._client
+        if client is None:
+            return "unavailable", "the forwarder was not started: nothing posted"
         try:
-            resp = await self._client.post(f"{self.api_url}/events", content=b"[" + b",".join(bodies) + b"]",
+            resp = await client.post(f"{self.api_url}/events", content=b"[" + b",".join(bodies) + b"]",
                                            headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             return "unavailable", f"{self.api_url} unreachable: {exc.__class__.__name__}"
         code = resp.status_code
         if 200 <= code < 300:
-            return "ok", None
+            return "ok", ""
         error = f"{self.api_url}/events answered {code}{_detail(resp)}"
         if code in REFUSED:
             return "refused", error

@@ -23,11 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..errors import PamflowError
-from ..models import WebhookSource, utcnow
+from ..models import WebhookSource, table_of, utcnow
 from ..vault import vault, webhook_aad
 from .signing import SOURCE_RE, generate_secret
 
 log = logging.getLogger("pamflow.webhooks")
+_SOURCES = table_of(WebhookSource)
 
 
 class SourceError(PamflowError, ValueError):
@@ -54,7 +55,7 @@ def add_source(engine: Engine, name: str, tenant: str = "default") -> str:
     _check_name(name)
     tenant = _check_tenant(tenant)
     secret = generate_secret()
-    table = WebhookSource.__table__
+    table = _SOURCES
     box = vault()  # opened before the transaction (opening may record the store's key canary)
     with engine.begin() as conn:
         if conn.execute(sa.select(table.c.id).where(table.c.name == name)).first():
@@ -67,7 +68,7 @@ def add_source(engine: Engine, name: str, tenant: str = "default") -> str:
 
 def rotate_secret(engine: Engine, name: str, grace_seconds: int = 0) -> str:
     """Give source ``name`` a new secret; the old one stays valid ``grace_seconds`` (0: none)."""
-    table = WebhookSource.__table__
+    table = _SOURCES
     secret = generate_secret()
     now = utcnow()
     v = vault()
@@ -88,7 +89,7 @@ def rotate_secret(engine: Engine, name: str, grace_seconds: int = 0) -> str:
 
 
 def remove_source(engine: Engine, name: str) -> None:
-    table = WebhookSource.__table__
+    table = _SOURCES
     with engine.begin() as conn:
         if conn.execute(table.delete().where(table.c.name == name)).rowcount == 0:
             raise SourceError(f"no source named {name}")
@@ -107,7 +108,7 @@ class SourceInfo:
 
 def list_sources(engine: Engine) -> list[SourceInfo]:
     """Every source, without secrets."""
-    t = WebhookSource.__table__
+    t = _SOURCES
     with engine.connect() as conn:
         rows = conn.execute(sa.select(t.c.name, t.c.enabled, t.c.secret_version, t.c.created_at,
                                       t.c.rotated_at, t.c.previous_valid_until, t.c.tenant)
@@ -169,7 +170,7 @@ class SecretCache:
 
         True if any did.
         """
-        t = WebhookSource.__table__
+        t = _SOURCES
         vault()  # opened (its key checked against the store) before the first source is served
         with self._lock:
             self._last_refresh = time.monotonic()
