@@ -36,3 +36,22 @@ pytest_plugins = [
     "tests.fixtures.winrm",
     "tests.fixtures.slapd",
 ]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def target_env(monkeypatch):
+    """Quiet events, a 10 s target timeout, fresh password targets, and no registered
+    target factory left behind (tests that swap a target register one)."""
+    from pamflow.targets import reset_targets
+
+    monkeypatch.setenv("PAMFLOW_EMIT_EVENTS", "0")
+    monkeypatch.setenv("PAMFLOW_TARGET_TIMEOUT", "10")
+    reset_targets()
+    yield
+    import pamflow.targets as targets
+
+    targets._factories.clear()
+    reset_targets()

@@ -27,6 +27,7 @@ from pamflow.targets import register_target, reset_targets
 from pamflow.targets.ssh import SSHTarget
 from tests.peers.sshd import SSHD
 from tests.test_rotation import (
+    accounts,
     add_credential,
     assert_no_secret,
     logins,
@@ -45,23 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch):
-    monkeypatch.setenv("PAMFLOW_EMIT_EVENTS", "0")
-    monkeypatch.setenv("PAMFLOW_TARGET_TIMEOUT", "10")
-    reset_targets()
-    yield
-    import pamflow.targets as targets
-
-    targets._factories.clear()
-    reset_targets()
-
-
-def accounts(store, sshd, dev, n: int, tag: str) -> list[tuple[Credential, str]]:
-    out = []
-    for i in range(n):
-        pw = nasty(f"{tag}{i}")
-        out.append((add_credential(store, dev, sshd.add_account(pw), pw, policy="nasty"), pw))
-    return out
+def _env(target_env):
+    """Quiet events, a 10 s target timeout, fresh targets (tests.test_rotation)."""
 
 
 def run_executor_subprocess(store, env_extra: dict) -> subprocess.CompletedProcess:

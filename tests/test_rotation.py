@@ -131,6 +131,16 @@ def ssh_login(port: int, username: str, password: str) -> bool:
         transport.close()
 
 
+def accounts(store, sshd, dev, n: int, tag: str, policy: str = "nasty"
+             ) -> list[tuple[Credential, str]]:
+    """``n`` real accounts on the sshd with nasty passwords, each a credential of ``dev``."""
+    out = []
+    for i in range(n):
+        pw = nasty(f"{tag}{i}")
+        out.append((add_credential(store, dev, sshd.add_account(pw), pw, policy=policy), pw))
+    return out
+
+
 def logins(port: int, pairs: list[tuple[str, str]]) -> list[bool]:
     with ThreadPoolExecutor(16) as pool:
         return list(pool.map(lambda p: ssh_login(port, *p), pairs))

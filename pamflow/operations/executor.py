@@ -250,20 +250,12 @@ class DrainSummary:
 
 
 @dataclass(frozen=True)
-class ServeSummary:
-    """What one service instance did over its life."""
+class ServeSummary(DrainSummary):
+    """What one service instance did over its life: its drains' totals, how many times it
+    polled the queue, and whether it ended because it was told to stop."""
 
-    owner: str
-    polls: int
-    stopped: bool
-    batches: int = 0
-    claimed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    other: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    polls: int = 0
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
