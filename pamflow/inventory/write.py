@@ -388,7 +388,7 @@ def _queue_verifies(engine: Engine, credential_ids: list[int], actor: str) -> No
     verify of the credential (the password check robot's) tries it."""
     if not credential_ids:
         return
-    from .. import queue
+    from ..operations import queue
 
     queue.enqueue_many(engine, [dict(kind="verify", credential_id=cid, priority=100,
                                      reason="verify an imported password before adopting it",
