@@ -137,3 +137,15 @@ def find_credential(s: Session, ref: str, username: str | None, tenant: str | No
     if found is None:
         fail(f"no credential {username!r} on {dev.name} ({dev.address})")
     return found, dev
+
+
+def run_queue() -> None:
+    """Run the operation queue in this process until nothing is runnable (what the
+    operation executor robot does), printing what it did."""
+    from blocks.password_policy import load_policy_block
+    from pamflow.db import store
+    from pamflow.operations.executor import drain
+
+    done = drain(store(), owner=f"cli-{actor()}", policy_source=load_policy_block)
+    console.print(f"ran {done.claimed} operation(s): {done.succeeded} succeeded, {done.failed} "
+                  "failed", highlight=False)

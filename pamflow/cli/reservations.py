@@ -13,7 +13,7 @@ import getpass
 import typer
 from rich.table import Table
 
-from .common import actor, console, fail, find_credential, json_line, parse_time
+from .common import actor, console, fail, find_credential, json_line, parse_time, run_queue
 
 reservations_app = typer.Typer(help="Password reservations: add, list, cancel, process.",
                                no_args_is_help=True)
@@ -141,10 +141,12 @@ def cancel(reservation_id: int = typer.Argument(..., help="The reservation's id.
 
 
 @reservations_app.command("process")
-def process() -> None:
+def process(
+    run: bool = typer.Option(False, "--run", help="Then run the queued changes in this process."),
+) -> None:
     """Start and end the reservations whose time has come, queuing their changes: the
-    password-reservation robot's pass, run here (the operation executor, or `pamflow
-    operations recover`, then makes the changes)."""
+    password-reservation robot's pass (every minute on the platform), run here. The
+    operation executor robot makes the changes, or this process with --run."""
     from pamflow import db
     from pamflow.credentials import process_reservations
 
@@ -155,6 +157,8 @@ def process() -> None:
         typer.echo(f"reservation {e.reservation_id} (credential {e.credential_id}) {verb}{tail}")
     if not events:
         typer.echo("no reservation starts or ends now")
+    if run:
+        run_queue()
 
 
 def register(app: typer.Typer) -> None:
