@@ -241,3 +241,21 @@ def test_help_names_the_new_commands(store):
         assert all(c in res.output for c in commands)
     assert "--admin-username" in ok("devices", "add", "--help").output
     assert Path(__file__).exists()
+
+
+def test_credentials_rotate_queues_a_change_ahead_of_scheduled_work(store, monkeypatch):
+    monkeypatch.setenv("PAMFLOW_EMIT_EVENTS", "0")
+    ok("devices", "add", "10.75.0.1", "--name", "rot1")
+    ok("credentials", "add", "rot1", "app", input="Rotate-Secret-1\n")
+    res = ok("credentials", "rotate", "rot1", "app")
+    assert "change of app on rot1 (credential 1) queued: operation 1" in res.output
+    res = ok("credentials", "rotate", "1")
+    assert "joined the change already queued: operation 1" in res.output
+    from pamflow.models import Operation
+
+    with Session(store) as s:
+        [op] = s.exec(select(Operation)).all()
+    assert (op.kind, op.credential_id, op.priority, op.state) == ("change", 1, 10, "queued")
+    assert op.requested_by.startswith("cli")
+    res = run("credentials", "rotate", "rot1", "nobody")
+    assert res.exit_code == 1 and "no credential 'nobody' on rot1" in res.output
