@@ -135,6 +135,36 @@ def _bool(value: str) -> bool | None:
     raise ValueError
 
 
+def _extra_cells(get: Any, device: dict[str, Any], errors: list[RowError], row: int) -> None:
+    """The cells that say how a device is changed: accounts, port, sudo, host key, maintenance."""
+    for role in ROLE_FIELDS:
+        account = _text(get(role, ""), role, errors, row)
+        if account:
+            device[role] = account
+    change_port = get("change_port", "").strip()
+    if change_port:
+        text = change_port[:-2] if change_port.endswith(".0") else change_port
+        if text.isdigit() and 1 <= int(text) <= 65535:
+            device["change_port"] = int(text)
+        else:
+            errors.append(RowError(row, "change_port", f"change_port {_show(change_port)} is not a "
+                                                       "port number in 1-65535"))
+    _choice(get, "sudo", SUDO_MODES, device, errors, row)
+    host_key = get("host_key", "").strip()
+    if host_key:
+        try:
+            device["host_key"] = parse_host_key(host_key)
+        except HostKeyError as exc:
+            errors.append(RowError(row, "host_key", f"host_key: {exc}"))
+    maintenance = get("maintenance_mode", "").strip()
+    if maintenance:
+        try:
+            device["maintenance_mode"] = _bool(maintenance)
+        except ValueError:
+            errors.append(RowError(row, "maintenance_mode", f"maintenance_mode {_show(maintenance)} "
+                                                            "is not true/false, yes/no or 1/0"))
+
+
 def validate_row(row: int, cells: dict[str, str], tenant: str = "default"
                  ) -> ImportRow | list[RowError]:
     """Check one row (canonical column -> cell text) of an import for ``tenant``.
@@ -181,32 +211,9 @@ def validate_row(row: int, cells: dict[str, str], tenant: str = "default"
     external_id = _text(get("external_id", ""), "external_id", errors, row)
     if external_id:
         device["external_id"] = external_id
-    for role in ROLE_FIELDS:
-        account = _text(get(role, ""), role, errors, row)
-        if account:
-            device[role] = account
-    change_port = get("change_port", "").strip()
-    if change_port:
-        text = change_port[:-2] if change_port.endswith(".0") else change_port
-        if text.isdigit() and 1 <= int(text) <= 65535:
-            device["change_port"] = int(text)
-        else:
-            errors.append(RowError(row, "change_port", f"change_port {_show(change_port)} is not a "
-                                                       "port number in 1-65535"))
-    _choice(get, "sudo", SUDO_MODES, device, errors, row)
-    host_key = get("host_key", "").strip()
-    if host_key:
-        try:
-            device["host_key"] = parse_host_key(host_key)
-        except HostKeyError as exc:
-            errors.append(RowError(row, "host_key", f"host_key: {exc}"))
-    maintenance = get("maintenance_mode", "").strip()
-    if maintenance:
-        try:
-            device["maintenance_mode"] = _bool(maintenance)
-        except ValueError:
-            errors.append(RowError(row, "maintenance_mode", f"maintenance_mode {_show(maintenance)} "
-                                                            "is not true/false, yes/no or 1/0"))
+    configures = not cells.keys().isdisjoint(_EXTRAS)  # rare: most files configure no device
+    if configures:
+        _extra_cells(get, device, errors, row)
 
     username = _text(get("username", ""), "username", errors, row)
     raw_secret = get("secret", "")
@@ -251,8 +258,7 @@ def validate_row(row: int, cells: dict[str, str], tenant: str = "default"
                                             "no username"))
     if errors or address is None:
         return errors
-    given = device.keys() & _EXTRAS
-    extras = tuple(f for f in EXTRA_DEVICE_FIELDS if f in given) if given else ()
+    extras = tuple(f for f in EXTRA_DEVICE_FIELDS if f in device) if configures else ()
     return ImportRow(row=row, tenant=tenant, address=address, device=device, username=username,
                      secret=secret, credential=credential, extras_given=extras)
 
@@ -271,7 +277,8 @@ def check_rows(rows: list[ImportRow]) -> tuple[list[ImportRow], list[RowError]]:
     errors: list[RowError] = []
     roles = False
     for r in rows:
-        roles = roles or any(f in ROLE_FIELDS for f in r.extras_given)
+        if r.extras_given and not roles:
+            roles = any(f in ROLE_FIELDS for f in r.extras_given)
         key = (r.tenant, r.address, r.username)
         first = seen.get(key)
         if first is not None:
