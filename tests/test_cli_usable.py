@@ -8,9 +8,7 @@ import os
 import subprocess
 import sys
 from datetime import datetime
-from pathlib import Path
 
-import pytest
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
@@ -240,7 +238,6 @@ def test_help_names_the_new_commands(store):
         res = ok(group, "--help")
         assert all(c in res.output for c in commands)
     assert "--admin-username" in ok("devices", "add", "--help").output
-    assert Path(__file__).exists()
 
 
 def test_credentials_rotate_queues_a_change_ahead_of_scheduled_work(store, monkeypatch):
