@@ -256,6 +256,23 @@ def test_a_requested_reservation_through_the_gateway_and_the_trigger(tmp_path):
                 print(f"---- {log} (tail)\n{(tmp_path / log).read_text()[-3000:]}")
 
 
+def _pause(api: str, deployment_id: str) -> None:
+    """Pause a deployment; a Prefect server on SQLite answers 503 while its database is busy
+    (a loaded machine): asked again a few times."""
+    for attempt in range(6):
+        try:
+            resp = httpx.patch(f"{api}/deployments/{deployment_id}", json={"paused": True},
+                               timeout=30)
+            if resp.status_code != 503:
+                resp.raise_for_status()
+                return
+        except httpx.TimeoutException:
+            if attempt == 5:
+                raise
+        time.sleep(2)
+    raise AssertionError(f"the Prefect server kept answering 503 to pausing {deployment_id}")
+
+
 def _requested_reservation_end_to_end(e2e: Platform) -> None:
     e2e.start_server()
     platform.ensure_work_pool(e2e.api)
@@ -264,8 +281,7 @@ def _requested_reservation_end_to_end(e2e: Platform) -> None:
     robot_id = deployments[ROBOT]["id"]
     for name, dep in deployments.items():  # the scheduled robots stay out of the way
         if name != ROBOT:
-            httpx.patch(f"{e2e.api}/deployments/{dep['id']}", json={"paused": True}, timeout=30
-                        ).raise_for_status()
+            _pause(e2e.api, dep["id"])
     for run_ in e2e.api_post("/flow_runs/filter", {}):
         if run_["deployment_id"] != robot_id:
             httpx.delete(f"{e2e.api}/flow_runs/{run_['id']}", timeout=30)
