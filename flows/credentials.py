@@ -10,7 +10,10 @@ The rules live in ``pamflow.credentials``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
 from pamflow.credentials import DueChange, QueuedCheck, Reminder, ReservationEvent
 from tasks.operations import (
@@ -22,6 +25,7 @@ from tasks.operations import (
     queue_password_checks,
     recover_credentials,
 )
+from tasks.reservations import request_reservation
 
 
 @flow(name="expired-password")
@@ -83,12 +87,22 @@ def password_change_reminder(days_before: int | None = None) -> list[Reminder]:
 
 
 @flow(name="password-reservation")
-def password_reservation() -> list[ReservationEvent]:
+def password_reservation(request: dict[str, Any] | None = None) -> list[ReservationEvent]:
     """Password reservation job: future-date reservation.
 
     Starts and ends reservations whose time has come; a change is queued on start and/or
-    end as the reservation asks.
+    end as the reservation asks. With ``request`` (the payload of a
+    ``pam.reservation.requested`` event, through the ``password-reservation-request``
+    deployment) it first makes the reservation asked for; a request that is refused
+    (unknown credential or one of another tenant, overlap, times) fails the run with the
+    reason.
     """
+    if request is not None:
+        made = request_reservation(request)
+        create_markdown_artifact(
+            f"Reservation {made.id}: {made.account} on {made.device} for {made.requested_by}, "
+            f"{made.starts_at.isoformat()} to {made.ends_at.isoformat()}",
+            key="password-reservation-request", description="The reservation requested")
     events = process_password_reservations()
     publish_table("password-reservation", events,
                   f"{len(events)} reservation start(s)/end(s) processed")

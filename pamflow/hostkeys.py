@@ -22,6 +22,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -102,10 +103,17 @@ def parse_host_key(line: str) -> ParsedHostKey:
     return ParsedHostKey(key_type, key.get_base64(), _fingerprint(blob), port)
 
 
-def ssh_port(device: Device) -> int:
-    """The port the SSH target connects to for ``device`` (as rotation chooses it)."""
+class _PortsAndSettings(Protocol):
+    ports: list[int]
+    settings: dict
+
+
+def ssh_port(device: _PortsAndSettings) -> int:
+    """The port the SSH target connects to for ``device``, as rotation chooses it: the
+    ``port`` setting, else 22 when the device lists it, else its first port, else 22."""
     settings = device.settings or {}
-    return int(settings.get("port") or (device.ports[0] if device.ports else 22))
+    ports = list(device.ports or [])
+    return int(settings.get("port") or (22 if 22 in ports else ports[0] if ports else 22))
 
 
 def protocol_of(platform: str | None, change_protocol: str | None) -> str:

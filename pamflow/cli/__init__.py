@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import inventory, operations, platform, vault, webhooks
+from . import audit, inventory, operations, platform, reservations, vault, webhooks
 
 app = typer.Typer(
     name="pamflow",
@@ -15,7 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (platform, inventory, operations, webhooks, vault):
+for module in (platform, inventory, reservations, operations, webhooks, vault, audit):
     module.register(app)
 
 

@@ -2,7 +2,8 @@
 activate) and what the credential robots queue.
 
 Layout: ``work`` (context, work items, loading), ``store`` (fenced writes), ``change``,
-``settle`` (reconciliation, password check, imported candidates), ``schedule``.
+``settle`` (reconciliation, password check, imported candidates), ``schedule``,
+``reservations`` (making, listing and cancelling password reservations).
 
 A change never loses a password: each step is committed before the next one starts, so an
 interruption anywhere leaves a state reconciliation can settle:

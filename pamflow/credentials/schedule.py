@@ -76,6 +76,13 @@ class ReservationEvent:
     change_queued: bool
 
 
+def _id(value: int | None) -> int:
+    """The id of a row read from the store (never None there)."""
+    if value is None:
+        raise ValueError("a row read from the store has no id")
+    return value
+
+
 def due_at(cred: Credential) -> datetime | None:
     """When ``cred``'s password is due to change: its expiry, else last change + interval."""
     if cred.expires_at is not None:
@@ -214,7 +221,9 @@ def process_reservations(engine: Engine, *, now: datetime | None = None,
     A reservation whose start has come becomes ``active`` (a change is queued when
     ``change_on_start``, so the holder gets a fresh password); one whose end has come
     becomes ``finished`` (a change is queued when ``change_on_end``, so the password the
-    holder knew stops working).
+    holder knew stops working). Each move is a conditional update from the state read, so
+    two passes at once (the scheduled robot and a requested reservation's run), or a
+    cancellation meanwhile, never start or end a reservation twice.
     """
     from ..models import PasswordReservation
 
@@ -229,15 +238,19 @@ def process_reservations(engine: Engine, *, now: datetime | None = None,
                    col(PasswordReservation.ends_at) <= now))
             .order_by(col(PasswordReservation.starts_at))).all()
         for res in rows:
+            phases = [phase for phase in ("start", "end")
+                      if (phase == "start" and res.state == "scheduled" and res.starts_at <= now)
+                      or (phase == "end" and res.ends_at <= now)]
+            final = "finished" if "end" in phases else "active"
+            moved = db.execute(sa.update(PasswordReservation).where(
+                col(PasswordReservation.id) == res.id, col(PasswordReservation.state) == res.state)
+                .values(state=final))
+            if getattr(moved, "rowcount", 0) != 1:  # another pass or a cancellation got there
+                continue
             cred = db.get(Credential, res.credential_id)
             dev = db.get(Device, cred.device_id) if cred else None
             who = f"{cred.username if cred else res.credential_id} on {dev.name if dev else '?'}"
-            for phase in ("start", "end"):
-                if phase == "start" and not (res.state == "scheduled" and res.starts_at <= now):
-                    continue
-                if phase == "end" and res.ends_at > now:
-                    continue
-                res.state = "active" if phase == "start" else "finished"
+            for phase in phases:
                 change = res.change_on_start if phase == "start" else res.change_on_end
                 if change and cred is not None:
                     items.append(dict(kind="change", credential_id=cred.id, priority=20,
@@ -256,7 +269,6 @@ def process_reservations(engine: Engine, *, now: datetime | None = None,
                 audit.record(db, actor, f"reservation.{phase}", "password_reservation", res.id,
                              context)
                 events.append(event)
-            db.add(res)
         db.commit()
     if items:
         opqueue.enqueue_many(engine, items, requested_by=actor)

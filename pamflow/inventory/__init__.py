@@ -34,12 +34,15 @@ workbook, another extension such as ``.xls``) is refused with
 Columns (header names are case-insensitive; spaces and dashes count as ``_``)
 -----------------------------------------------------------------------------
 ======================== ==========================================================
-``address`` (required)   IPv4/IPv6 address or host name (aliases ``ip``, ``host``,
-                         ``hostname``). With ``tenant``, the device's key.
-``name``                 Display name (default: the address).
+``address`` (required)   IPv4/IPv6 address or host name (aliases ``ip``, ``ip_address``;
+                         ``host`` and ``hostname`` when no other column gives the
+                         address). With ``tenant``, the device's key.
+``name``                 Display name (default: the address; alias ``device_name``;
+                         ``hostname`` or ``host`` beside an address column).
 ``platform``             ``linux`` (default), ``unix``, ``windows``, ``ldap``, ``network``.
 ``ports``                Ports to probe, ``22;3389``, ``22,443`` or ``22 443``
-                         (default by platform: 22, windows 5986, ldap 636).
+                         (default by platform: 22, windows 5986, ldap 636). Alias
+                         ``port`` when no ``ports`` column exists.
 ``site``                 Free text.
 ``tenant``               Must be the import's tenant, or empty (see *Tenant*).
 ``change_protocol``      ``ssh``, ``winrm`` or ``ldap`` (default: from the platform).
@@ -53,7 +56,34 @@ Columns (header names are case-insensitive; spaces and dashes count as ``_``)
 ``change_interval_days`` Days between automatic changes (1-3650).
 ``policy``               Password policy name (default ``default``).
 ``auto_change``          ``true``/``false``, ``yes``/``no``, ``1``/``0``.
+``admin_username``       The device's admin account (alias ``admin``): the one that
+                         changes the others' passwords (``sudo chpasswd``, ``net user``,
+                         LDAP admin bind). A username of the same device, stored already
+                         or given by a row of this file (any row, any chunk).
+``reconcile_username``   The device's reconcile account (alias ``reconcile``), the same way.
+``change_port``          The port changes connect to, 1-65535 (alias ``ssh_port``;
+                         ``port`` beside a ``ports`` column). Stored as the device's
+                         ``port`` setting.
+``sudo``                 How the admin runs chpasswd on an SSH device: ``nopasswd``,
+                         ``password`` or ``none`` (the ``sudo`` setting).
+``host_key``             The device's SSH host key, pinned (as ``pamflow devices
+                         pin-host-key`` does, audited) for the port changes use: a
+                         ``.pub`` line or a ``known_hosts`` line.
+``maintenance_mode``     ``true``/``false`` (alias ``maintenance``): robots leave a
+                         device in maintenance alone.
 ======================== ==========================================================
+
+``sudo`` and ``host_key`` apply to devices changed over SSH only; a row giving them for
+another device is rejected, and so is a row naming an admin or reconcile account that
+exists neither in the store nor in a valid row of the file for that device. Such a
+problem is reported on the rows that give the cell; the device's other rows are written.
+
+Headers: aliases never make a file unreadable when one reading makes sense. A column
+named as the field itself, or by an alias with no second meaning (``ip``), wins over an
+alias that has one (``hostname``, ``host``: the name; ``port``: the change port), which
+is then read as that second meaning, or ignored (and said so) when that is taken too.
+Only one field named twice with no such way out (``ip`` and ``address``, ``user`` and
+``username``, ``host`` and ``hostname``) refuses the file, naming the columns.
 
 Other columns are ignored and named in the result. A cell longer than 4,096 characters
 rejects its row. An empty optional cell means "keep what the store has" on an update and
@@ -111,6 +141,8 @@ from .model import (
     COLUMNS,
     CREDENTIAL_FIELDS,
     DEVICE_FIELDS,
+    EXTRA_DEVICE_FIELDS,
+    FALLBACKS,
     KINDS,
     MAX_CELL,
     MAX_FILE_BYTES,
@@ -123,6 +155,8 @@ from .model import (
     MAX_UNCOMPRESSED,
     PLATFORMS,
     RATIO_FLOOR,
+    ROLE_FIELDS,
+    SUDO_MODES,
     ChunkOutcome,
     ImportFileError,
     ImportResult,
@@ -132,6 +166,7 @@ from .model import (
     Sheet,
 )
 from .validate import (
+    check_rows,
     check_tenant,
     normalize_address,
     parse_ports,
@@ -155,6 +190,8 @@ __all__ = [
     "CREDENTIAL_FIELDS",
     "ChunkOutcome",
     "DEVICE_FIELDS",
+    "EXTRA_DEVICE_FIELDS",
+    "FALLBACKS",
     "ImportFileError",
     "ImportResult",
     "ImportRow",
@@ -170,9 +207,12 @@ __all__ = [
     "MAX_UNCOMPRESSED",
     "PLATFORMS",
     "RATIO_FLOOR",
+    "ROLE_FIELDS",
+    "SUDO_MODES",
     "RowError",
     "Secret",
     "Sheet",
+    "check_rows",
     "check_tenant",
     "copy_to_uploads",
     "error_file_for",

@@ -29,18 +29,33 @@ KINDS = ("local", "domain", "service")
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off"}
 
-DEVICE_FIELDS = ("name", "platform", "ports", "site", "change_protocol", "external_id")
+SUDO_MODES = ("nopasswd", "password", "none")  # the SSH target's (pamflow.targets.ssh)
+# how a device is changed: its admin and reconcile accounts (usernames of credentials of the
+# same device), the port and sudo mode used for changes, its pinned SSH host key
+ROLE_FIELDS = ("admin_username", "reconcile_username")
+SETTING_FIELDS = {"change_port": "port", "sudo": "sudo"}  # column -> Device.settings key
+EXTRA_DEVICE_FIELDS = (*ROLE_FIELDS, *SETTING_FIELDS, "host_key", "maintenance_mode")
+DEVICE_FIELDS = ("name", "platform", "ports", "site", "change_protocol", "external_id",
+                 *EXTRA_DEVICE_FIELDS)
 CREDENTIAL_FIELDS = ("kind", "change_interval_days", "policy", "auto_change")
 COLUMNS = ("name", "address", "platform", "ports", "site", "tenant", "change_protocol",
            "external_id", "username", "secret", "kind", "change_interval_days", "policy",
-           "auto_change")
+           "auto_change", *EXTRA_DEVICE_FIELDS)
 ALIASES = {
-    "ip": "address", "ip_address": "address", "host": "address", "hostname": "address",
-    "password": "secret", "passwd": "secret",
+    "ip": "address", "ip_address": "address", "ipaddress": "address", "host": "address",
+    "hostname": "address", "password": "secret", "passwd": "secret",
     "user": "username", "account": "username", "login": "username",
     "port": "ports", "change_interval": "change_interval_days",
     "device_name": "name", "protocol": "change_protocol",
+    "admin": "admin_username", "admin_account": "admin_username", "admin_user": "admin_username",
+    "reconcile": "reconcile_username", "reconcile_account": "reconcile_username",
+    "reconcile_user": "reconcile_username", "ssh_port": "change_port", "sudo_mode": "sudo",
+    "ssh_host_key": "host_key", "hostkey": "host_key", "maintenance": "maintenance_mode",
 }
+# an alias that yields to another column claiming the same meaning, and is then read as
+# this column instead: beside an ``ip`` column a ``hostname`` is the device's name, beside
+# ``ports`` a ``port`` is the port changes use
+FALLBACKS = {"hostname": "name", "host": "name", "port": "change_port"}
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -99,6 +114,12 @@ class ImportRow:
     username: str | None = None
     secret: Secret | None = None
     credential: dict[str, Any] = field(default_factory=dict)
+    # the fields of EXTRA_DEVICE_FIELDS this row's own cells give (rows of one device share
+    # their merged fields; a problem with one of these is reported on the rows that gave it)
+    extras_given: tuple[str, ...] = ()
+    # usernames that valid rows of this file define on the same device (set only for
+    # devices naming an admin or reconcile account): those exist once their rows are written
+    defined: frozenset[str] = frozenset()
 
     @property
     def device_key(self) -> tuple[str, str]:

@@ -31,8 +31,13 @@ from .model import (
 # reading
 
 
+def _normalized(header: str) -> str:
+    """A header as written, lower case, spaces and dashes as ``_`` (before aliases)."""
+    return re.sub(r"[\s\-]+", "_", str(header).strip().lower())
+
+
 def _canonical(header: str) -> str:
-    name = re.sub(r"[\s\-]+", "_", str(header).strip().lower())
+    name = _normalized(header)
     return ALIASES.get(name, name)
 
 

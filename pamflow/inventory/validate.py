@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..hostkeys import HostKeyError, parse_host_key
 from .files import (
     open_upload,
 )
@@ -20,9 +21,12 @@ from .model import (
     _POLICY,
     _PORT_SPLIT,
     _TRUE,
+    ALIASES,
     CHANGE_PROTOCOLS,
     COLUMNS,
     DEVICE_FIELDS,
+    EXTRA_DEVICE_FIELDS,
+    FALLBACKS,
     KINDS,
     MAX_CELL,
     MAX_PORTS,
@@ -30,6 +34,8 @@ from .model import (
     MAX_SECRET,
     MAX_TEXT,
     PLATFORMS,
+    ROLE_FIELDS,
+    SUDO_MODES,
     ImportFileError,
     ImportRow,
     RowError,
@@ -37,12 +43,14 @@ from .model import (
     Sheet,
 )
 from .read import (
-    _canonical,
+    _normalized,
     _records,
 )
 
 # ---------------------------------------------------------------------------------------
 # validating
+
+_EXTRAS = frozenset(EXTRA_DEVICE_FIELDS)
 
 
 def _choice(get, column: str, allowed, into: dict, errors: list, row: int) -> None:
@@ -127,6 +135,36 @@ def _bool(value: str) -> bool | None:
     raise ValueError
 
 
+def _extra_cells(get: Any, device: dict[str, Any], errors: list[RowError], row: int) -> None:
+    """The cells that say how a device is changed: accounts, port, sudo, host key, maintenance."""
+    for role in ROLE_FIELDS:
+        account = _text(get(role, ""), role, errors, row)
+        if account:
+            device[role] = account
+    change_port = get("change_port", "").strip()
+    if change_port:
+        text = change_port[:-2] if change_port.endswith(".0") else change_port
+        if text.isdigit() and 1 <= int(text) <= 65535:
+            device["change_port"] = int(text)
+        else:
+            errors.append(RowError(row, "change_port", f"change_port {_show(change_port)} is not a "
+                                                       "port number in 1-65535"))
+    _choice(get, "sudo", SUDO_MODES, device, errors, row)
+    host_key = get("host_key", "").strip()
+    if host_key:
+        try:
+            device["host_key"] = parse_host_key(host_key)
+        except HostKeyError as exc:
+            errors.append(RowError(row, "host_key", f"host_key: {exc}"))
+    maintenance = get("maintenance_mode", "").strip()
+    if maintenance:
+        try:
+            device["maintenance_mode"] = _bool(maintenance)
+        except ValueError:
+            errors.append(RowError(row, "maintenance_mode", f"maintenance_mode {_show(maintenance)} "
+                                                            "is not true/false, yes/no or 1/0"))
+
+
 def validate_row(row: int, cells: dict[str, str], tenant: str = "default"
                  ) -> ImportRow | list[RowError]:
     """Check one row (canonical column -> cell text) of an import for ``tenant``.
@@ -173,6 +211,9 @@ def validate_row(row: int, cells: dict[str, str], tenant: str = "default"
     external_id = _text(get("external_id", ""), "external_id", errors, row)
     if external_id:
         device["external_id"] = external_id
+    configures = not cells.keys().isdisjoint(_EXTRAS)  # rare: most files configure no device
+    if configures:
+        _extra_cells(get, device, errors, row)
 
     username = _text(get("username", ""), "username", errors, row)
     raw_secret = get("secret", "")
@@ -215,19 +256,29 @@ def validate_row(row: int, cells: dict[str, str], tenant: str = "default"
         column = next(iter(credential))
         errors.append(RowError(row, column, f"{column} describes a credential but the row has "
                                             "no username"))
-    if errors:
+    if errors or address is None:
         return errors
+    extras = tuple(f for f in EXTRA_DEVICE_FIELDS if f in device) if configures else ()
     return ImportRow(row=row, tenant=tenant, address=address, device=device, username=username,
-                     secret=secret, credential=credential)
+                     secret=secret, credential=credential, extras_given=extras)
 
 
-def _check_consistency(rows: list[ImportRow]) -> tuple[list[ImportRow], list[RowError]]:
-    """Reject duplicates and rows whose device fields contradict an earlier row's."""
+def check_rows(rows: list[ImportRow]) -> tuple[list[ImportRow], list[RowError]]:
+    """Reject duplicates and rows whose device fields contradict an earlier row's.
+
+    Rows of one device share its merged fields afterwards; where the device names an admin
+    or reconcile account, each of its rows learns which usernames the kept rows define on
+    it (``ImportRow.defined``), so the writer can tell a missing account from one a later
+    row (or chunk) creates.
+    """
     seen: dict[tuple[str, str, str | None], int] = {}
     devices: dict[tuple[str, str], ImportRow] = {}
     kept: list[ImportRow] = []
     errors: list[RowError] = []
+    roles = False
     for r in rows:
+        if r.extras_given and not roles:
+            roles = any(f in ROLE_FIELDS for f in r.extras_given)
         key = (r.tenant, r.address, r.username)
         first = seen.get(key)
         if first is not None:
@@ -252,10 +303,73 @@ def _check_consistency(rows: list[ImportRow]) -> tuple[list[ImportRow], list[Row
         kept.append(r)
     # every row of one device carries the device's merged fields, so any row may create it
     for r in kept:
-        first = devices[r.device_key]
-        if first is not r:
-            r.device = first.device
+        owner = devices[r.device_key]
+        if owner is not r:
+            r.device = owner.device
+    if roles:
+        users: dict[tuple[str, str], set[str]] = {}
+        for r in kept:
+            if r.username:
+                users.setdefault(r.device_key, set()).add(r.username)
+        defined = {key: frozenset(names) for key, names in users.items()}
+        for r in kept:
+            if any(role in r.device for role in ROLE_FIELDS):
+                r.defined = defined.get(r.device_key, frozenset())
     return kept, errors
+
+
+
+def _header(name: str, record: list[str], header_row: int
+            ) -> tuple[list[tuple[int, str]], list[str], list[str]]:
+    """Which column of ``record`` (the header row) feeds which field: (index, field) pairs in
+    column order, the fields, and the titles ignored.
+
+    Aliases never make a file unreadable when one reading makes sense: a column named as
+    the field itself, or by an alias without a second meaning (``ip``), wins over aliases
+    that have one (``hostname``, ``host``, ``port``), which are then read as that second
+    meaning (``name``, ``change_port``) or, when that is taken too, ignored. Only the same
+    field named twice with no such way out (``user`` and ``username``, ``ip`` and
+    ``address``, ``host`` and ``hostname``) refuses the file, naming the columns.
+    """
+    claims: dict[str, list[tuple[int, str, str]]] = {}
+    ignored: list[str] = []
+    for i, title in enumerate(record):
+        if not title.strip():
+            continue
+        norm = _normalized(title)
+        field = ALIASES.get(norm, norm)
+        if field in COLUMNS:
+            claims.setdefault(field, []).append((i, norm, title.strip()))
+        else:
+            ignored.append(title.strip()[:60])
+    taken: dict[str, tuple[int, str, str]] = {}
+    yielding: list[tuple[str, tuple[int, str, str]]] = []
+    for field, heads in claims.items():
+        if len(heads) == 1:
+            taken[field] = heads[0]
+            continue
+        first_of: dict[str, int] = {}
+        for i, norm, _title in heads:
+            if norm in first_of:
+                raise ImportFileError(f"{name}: column {norm!r} appears twice in the header "
+                                      f"(columns {first_of[norm] + 1} and {i + 1})")
+            first_of[norm] = i
+        firm = [h for h in heads if h[1] not in FALLBACKS]
+        if len(firm) != 1:
+            shown = " and ".join(f"{h[2][:60]!r} (column {h[0] + 1})" for h in heads)
+            raise ImportFileError(f"{name}: row {header_row}: columns {shown} "
+                                  f"{'both' if len(heads) == 2 else 'all'} mean "
+                                  f"{field!r}; keep one (or rename the others)")
+        taken[field] = firm[0]
+        yielding += [(field, h) for h in heads if h is not firm[0]]
+    for field, head in yielding:
+        second = FALLBACKS[head[1]]
+        if second in taken or second in claims:
+            ignored.append(f"{head[2][:60]} (other columns give the {field} and the {second})")
+        else:
+            taken[second] = head
+    index = sorted((head[0], field) for field, head in taken.items())
+    return index, [field for _i, field in index], ignored
 
 
 def check_tenant(tenant: str) -> str:
@@ -295,21 +409,8 @@ def _read_sheet(path: Path, fh, tenant: str) -> Sheet:
                 continue
             header = record
             header_row = number
-            seen: dict[str, int] = {}
-            for i, title in enumerate(record):
-                if not title.strip():
-                    continue
-                name = _canonical(title)
-                if name in COLUMNS:
-                    if name in seen:
-                        raise ImportFileError(f"{path.name}: column {name!r} appears twice in the "
-                                              f"header (columns {seen[name] + 1} and {i + 1})")
-                    seen[name] = i
-                    index.append((i, name))
-                    columns.append(name)
-                else:
-                    ignored.append(title.strip()[:60])
-            if "address" not in seen:
+            index, columns, ignored = _header(path.name, record, header_row)
+            if "address" not in columns:
                 # name only the columns recognised, never the row's text: it may be any file
                 found = ", ".join(columns) or "none"
                 raise ImportFileError(
@@ -333,7 +434,7 @@ def _read_sheet(path: Path, fh, tenant: str) -> Sheet:
             errors.extend(checked)
         else:
             rows.append(checked)
-    rows, clashes = _check_consistency(rows)
+    rows, clashes = check_rows(rows)
     errors.extend(clashes)
     errors.sort(key=lambda e: e.row)
     return Sheet(path=str(path), format=fmt, columns=columns, ignored_columns=ignored,

@@ -17,8 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
 
-from ..models import Credential, CredentialStatus, Device, utcnow
+from ..hostkeys import ParsedHostKey, protocol_of, ssh_port
+from ..models import Credential, CredentialStatus, Device, HostKey, utcnow
 from ..vault import Vault, VaultError, credential_aad, vault
 from .files import (
     errors_dir,
@@ -26,7 +28,10 @@ from .files import (
 from .model import (
     _QUERY_BATCH,
     CHUNK_SIZE,
+    EXTRA_DEVICE_FIELDS,
     PLATFORMS,
+    ROLE_FIELDS,
+    SETTING_FIELDS,
     ChunkOutcome,
     ImportResult,
     ImportRow,
@@ -41,8 +46,9 @@ from .validate import (
 # ---------------------------------------------------------------------------------------
 # writing
 
-_DEVICE = Device.__table__
-_CREDENTIAL = Credential.__table__
+_DEVICE: sa.Table = SQLModel.metadata.tables[Device.__tablename__]
+_CREDENTIAL: sa.Table = SQLModel.metadata.tables[Credential.__tablename__]
+_HOST_KEY: sa.Table = SQLModel.metadata.tables[HostKey.__tablename__]
 
 
 def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -50,15 +56,20 @@ def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
-def _preload(conn: Connection, rows: Iterable[ImportRow]) -> tuple[dict, dict]:
-    """The stored devices and credentials for these rows' keys, in a few queries."""
+def _preload(conn: Connection, rows: Iterable[ImportRow], extras: bool = False
+             ) -> tuple[dict, dict]:
+    """The stored devices and credentials for these rows' keys, in a few queries (with
+    ``extras``, the devices' settings, maintenance mode and admin/reconcile accounts too)."""
     by_tenant: dict[str, set[str]] = {}
     for r in rows:
         by_tenant.setdefault(r.tenant, set()).add(r.address)
     d = _DEVICE.c
     devices: dict[tuple[str, str], Any] = {}
-    columns = (d.id, d.tenant, d.address, d.name, d.platform, d.ports, d.site, d.change_protocol,
-               d.external_id)
+    columns: tuple[Any, ...] = (d.id, d.tenant, d.address, d.name, d.platform, d.ports, d.site,
+                                d.change_protocol, d.external_id)
+    if extras:
+        columns += (d.settings, d.maintenance_mode, d.admin_credential_id,
+                    d.reconcile_credential_id)
     postgres = conn.dialect.name == "postgresql"
     for tenant, addresses in by_tenant.items():
         for batch in _batched(sorted(addresses), _QUERY_BATCH):
@@ -95,8 +106,9 @@ def _sql_time(conn: Connection, when: datetime) -> str:
     per row and column (a third of a 100,000-row import's time).
     """
     dialect = conn.dialect
-    if dialect.name == "sqlite":
-        text = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)(when.astimezone(UTC))
+    process = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    if dialect.name == "sqlite" and process is not None:
+        text = process(when.astimezone(UTC))
     else:
         text = when.astimezone(UTC).isoformat()
     return f"'{text}'"
@@ -106,19 +118,130 @@ def _now_sql(conn: Connection, now: datetime) -> Any:
     return sa.literal_column(_sql_time(conn, now))
 
 
-def _new_device(r: ImportRow, source: str) -> dict[str, Any]:
-    """A new device's varying columns (the constant ones are inlined in the INSERT)."""
+def _new_device(r: ImportRow, source: str, plan: _DevicePlan | None = None) -> dict[str, Any]:
+    """A new device's varying columns (the constant ones are inlined in the INSERT; a
+    device with settings or a maintenance mode gives those too)."""
     platform = r.device.get("platform", "linux")
-    return {
+    values = {
         "name": r.device.get("name", r.address), "address": r.address, "platform": platform,
         "ports": r.device.get("ports") or list(PLATFORMS[platform]), "site": r.device.get("site"),
         "tenant": r.tenant, "source": source, "external_id": r.device.get("external_id"),
         "change_protocol": r.device.get("change_protocol"),
     }
+    if plan is not None and (plan.settings is not None or "maintenance_mode" in r.device):
+        values["settings"] = plan.settings or {}
+        values["maintenance_mode"] = bool(r.device.get("maintenance_mode", False))
+    return values
+
+
+_COLUMNS = frozenset(("name", "platform", "ports", "site", "change_protocol", "external_id",
+                      "maintenance_mode"))
+_EXTRAS = frozenset(EXTRA_DEVICE_FIELDS)
+_ROLE_COLUMNS = {"admin_username": "admin_credential_id",
+                 "reconcile_username": "reconcile_credential_id"}
 
 
 def _device_changes(r: ImportRow, stored: Any) -> dict[str, Any]:
-    return {f: v for f, v in r.device.items() if getattr(stored, f) != v}
+    return {f: v for f, v in r.device.items() if f in _COLUMNS and getattr(stored, f) != v}
+
+
+class _DevicePlan:
+    """What a device's extra fields (accounts, settings, host key) ask of the writer.
+
+    ``refused``: field -> reason, for the rows that gave that field; ``settings``: the
+    device's new settings (None: unchanged); ``roles``: role column -> the credential id
+    known now; ``later``: role column -> the username of a credential this import creates
+    (its id is read once it is written); ``pin``: the host key to pin (None: nothing to do).
+    """
+
+    __slots__ = ("later", "pin", "refused", "roles", "settings")
+
+    def __init__(self) -> None:
+        self.refused: dict[str, str] = {}
+        self.settings: dict[str, Any] | None = None
+        self.roles: dict[str, int] = {}
+        self.later: dict[str, str] = {}
+        self.pin: ParsedHostKey | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """Device columns to update now (stored devices)."""
+        out: dict[str, Any] = dict(self.roles)
+        if self.settings is not None:
+            out["settings"] = self.settings
+        return out
+
+    @property
+    def touches(self) -> bool:
+        return bool(self.settings is not None or self.roles or self.later or self.pin)
+
+
+class _Where:
+    """The fields ``hostkeys.ssh_port`` reads, for a device not (yet) in this shape."""
+
+    __slots__ = ("ports", "settings")
+
+    def __init__(self, ports: list[int], settings: dict[str, Any]) -> None:
+        self.ports, self.settings = ports, settings
+
+
+def _plan_device(r: ImportRow, stored: Any, credentials: dict, host_keys: dict) -> _DevicePlan:
+    """Check a device's extra fields against what is stored (see :class:`_DevicePlan`)."""
+    plan = _DevicePlan()
+    dev = r.device
+    protocol = protocol_of(dev.get("platform") or (stored.platform if stored is not None else None),
+                           dev.get("change_protocol") or (stored.change_protocol if stored is not None
+                                                          else None))
+    for field in ("sudo", "host_key"):
+        if field in dev and protocol != "ssh":
+            plan.refused[field] = (f"{field} applies to devices changed over SSH; {r.address} is "
+                                   f"changed over {protocol}")
+    for role in ROLE_FIELDS:
+        username = dev.get(role)
+        if username is None:
+            continue
+        column = _ROLE_COLUMNS[role]
+        cred = credentials.get((stored.id, username)) if stored is not None else None
+        if cred is not None:
+            if stored is None or getattr(stored, column) != cred.id:
+                plan.roles[column] = cred.id
+        elif username in r.defined:
+            plan.later[column] = username
+        else:
+            what = "admin" if role == "admin_username" else "reconcile"
+            plan.refused[role] = (f"{role}: {username!r} is not an account of device {r.address}; "
+                                  f"add the {what} account first, or give it a row of its own in "
+                                  "this file")
+    stored_settings = dict(stored.settings or {}) if stored is not None else {}
+    given = {key: dev[f] for f, key in SETTING_FIELDS.items() if f in dev and f not in plan.refused}
+    merged = {**stored_settings, **given}
+    if given and merged != stored_settings:
+        plan.settings = merged
+    key = dev.get("host_key")
+    if key is not None and "host_key" not in plan.refused:
+        ports = dev.get("ports") or (list(stored.ports or []) if stored is not None
+                                     else list(PLATFORMS[dev.get("platform", "linux")]))
+        port = key.port if key.port is not None else ssh_port(_Where(ports, merged))
+        recorded = host_keys.get((stored.id, port), set()) if stored is not None else set()
+        if recorded != {(key.key_type, key.key_base64)}:
+            plan.pin = key
+    return plan
+
+
+def _plan_devices(conn: Connection, rows: Sequence[ImportRow], devices: dict, credentials: dict
+                  ) -> dict[tuple[str, str], _DevicePlan]:
+    """A plan per device of ``rows`` that has extra fields."""
+    wanted = {}
+    for r in rows:
+        if r.device_key not in wanted and not r.device.keys().isdisjoint(_EXTRAS):
+            wanted[r.device_key] = r
+    host_keys: dict[tuple[int, int], set[tuple[str, str]]] = {}
+    ids = sorted(devices[k].id for k, r in wanted.items() if "host_key" in r.device and k in devices)
+    h = _HOST_KEY.c
+    for batch in _batched(ids, _QUERY_BATCH):
+        for rec in conn.execute(sa.select(h.device_id, h.port, h.key_type, h.key_base64)
+                                .where(h.device_id.in_(batch))):
+            host_keys.setdefault((rec.device_id, rec.port), set()).add((rec.key_type, rec.key_base64))
+    return {k: _plan_device(r, devices.get(k), credentials, host_keys) for k, r in wanted.items()}
 
 
 _FROM_LAST_CHANGE = object()
@@ -198,6 +321,13 @@ def _new_credential(r: ImportRow) -> tuple[tuple, tuple]:
     return values, (has_secret, interval if has_secret else None)
 
 
+def _revealed(secret: Secret | None) -> str:
+    """The secret of a row in a group that has one (grouped by ``_new_credential``)."""
+    if secret is None:
+        raise ValueError("a credential grouped as having a secret has none")
+    return secret.reveal()
+
+
 _CREDENTIAL_INSERT = ("device_id", "username", "kind", "policy", "change_interval_days", "auto_change")
 _ROWS_PER_INSERT = 500  # multi-row VALUES per statement (SQLite)
 
@@ -234,7 +364,8 @@ def _insert_credentials(conn: Connection, groups: dict[tuple, list[tuple[tuple, 
                 "SELECT nextval(pg_get_serial_sequence('credential', 'id')) "
                 f"FROM generate_series(1, {len(items)})").scalars().all()
             conn.exec_driver_sql(insert + one, [
-                (cid, box.encrypt(secret.reveal(), credential_aad(cid, values[0], "secret")), *values)
+                (cid, box.encrypt(_revealed(secret), credential_aad(cid, values[0], "secret")),
+                 *values)
                 for cid, (values, secret) in zip(ids, items, strict=True)])
         else:
             for batch in _batched(items, _ROWS_PER_INSERT):
@@ -244,17 +375,20 @@ def _insert_credentials(conn: Connection, groups: dict[tuple, list[tuple[tuple, 
                 by_key = {(values[0], values[1]): secret for values, secret in batch}
                 for cid, device_id, username in result:
                     secret = by_key[(device_id, username)]
-                    sealed.append((box.encrypt(secret.reveal(), credential_aad(cid, device_id,
-                                                                               "secret")), cid))
+                    sealed.append((box.encrypt(_revealed(secret), credential_aad(cid, device_id,
+                                                                                 "secret")), cid))
     if sealed:
         conn.exec_driver_sql(f"UPDATE credential SET secret = {mark} WHERE id = {mark}", sealed)
 
 
-def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault) -> ChunkOutcome:
+def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault,
+           actor: str = "batch-import") -> ChunkOutcome:
     """Plan and write ``rows`` on ``conn`` (inside the caller's transaction)."""
     now = utcnow()
     out = ChunkOutcome()
-    devices, credentials = _preload(conn, rows)
+    extras = any(not r.device.keys().isdisjoint(_EXTRAS) for r in rows)
+    devices, credentials = _preload(conn, rows, extras)
+    plans = _plan_devices(conn, rows, devices, credentials) if extras else {}
     new_devices: dict[tuple[str, str], dict] = {}
     device_updates: dict[int, dict] = {}
     new_credentials: list[tuple[tuple[str, str] | int, tuple, tuple, Secret | None]] = []
@@ -262,13 +396,21 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
     for r in rows:
         key = r.device_key
         stored = devices.get(key)
+        plan = plans.get(key) if extras else None
+        if plan is not None and plan.refused:
+            refused = next((f for f in r.extras_given if f in plan.refused), None)
+            if refused is not None:  # the row asked for it: the whole row is refused
+                out.errors.append(RowError(r.row, refused, plan.refused[refused]))
+                continue
         creates_device = updates_device = False
         device_update = None
         if stored is None:
             creates_device = key not in new_devices
         elif stored.id not in device_updates:
             changes = _device_changes(r, stored)
-            if changes:
+            if plan is not None:
+                changes.update(plan.changes())
+            if changes or (plan is not None and plan.touches):
                 updates_device = True
                 device_update = {"b_id": stored.id, "updated_at": now, **changes}
         cred_new = cred_update = None
@@ -285,9 +427,9 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
                 if candidate:
                     out.verify_ids.append(current.id)
         if creates_device:
-            new_devices[key] = _new_device(r, source)
+            new_devices[key] = _new_device(r, source, plan)
             out.devices_created += 1
-        if updates_device:
+        if stored is not None and device_update is not None:
             device_updates[stored.id] = device_update
             out.devices_updated += 1
         if cred_new is not None:
@@ -307,12 +449,18 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
     if new_devices:
         now_sql = _now_sql(conn, now)
         d = _DEVICE.c
-        stmt = _DEVICE.insert().values(
-            maintenance_mode=sa.false(), active=sa.true(), connectivity=sa.literal_column("'unknown'"),
-            settings=sa.literal_column("'{}'"), created_at=now_sql, updated_at=now_sql,
-        ).returning(d.id, d.tenant, d.address)  # mapped by key: any order will do
-        result = conn.execute(stmt, list(new_devices.values()))
-        ids = {(rec.tenant, rec.address): rec.id for rec in result}
+        plain = [v for v in new_devices.values() if "settings" not in v]
+        configured = [v for v in new_devices.values() if "settings" in v]
+        defaults: dict[str, Any] = {"maintenance_mode": sa.false(),
+                                    "settings": sa.literal_column("'{}'")}
+        for batch, constants in ((plain, defaults), (configured, {})):
+            if not batch:
+                continue
+            stmt = _DEVICE.insert().values(
+                active=sa.true(), connectivity=sa.literal_column("'unknown'"), created_at=now_sql,
+                updated_at=now_sql, **constants,
+            ).returning(d.id, d.tenant, d.address)  # mapped by key: any order will do
+            ids.update({(rec.tenant, rec.address): rec.id for rec in conn.execute(stmt, batch)})
     if device_updates:
         _update_grouped(conn, _DEVICE, device_updates.values())
     if new_credentials:
@@ -324,7 +472,52 @@ def _write(conn: Connection, rows: Sequence[ImportRow], source: str, box: Vault)
     if credential_updates:
         _expiry_from_last_change(conn, credential_updates, now)
         _update_grouped(conn, _CREDENTIAL, credential_updates)
+    if plans:
+        _finish_devices(conn, plans, devices, ids, now, actor)
     return out
+
+
+def _finish_devices(conn: Connection, plans: dict[tuple[str, str], _DevicePlan], devices: dict,
+                    ids: dict[tuple[str, str], int], now: datetime, actor: str) -> None:
+    """Once the chunk's devices and credentials exist: point devices at their admin and
+    reconcile accounts (new devices, and accounts this chunk created), then pin host keys
+    (as ``hostkeys.pin`` does, audited). An account defined by a row of a later chunk is
+    linked when that chunk is written (its rows carry the device's fields too)."""
+    from sqlmodel import Session
+
+    from ..hostkeys import pin
+
+    def device_id(key: tuple[str, str]) -> int | None:
+        stored = devices.get(key)
+        return stored.id if stored is not None else ids.get(key)
+
+    roles: dict[int, dict[str, Any]] = {}
+    wanted: dict[int, dict[str, str]] = {}
+    for key, plan in plans.items():
+        dev_id = device_id(key)
+        if dev_id is None:  # every row of the device was refused
+            continue
+        if key not in devices and plan.roles:
+            roles.setdefault(dev_id, {}).update(plan.roles)
+        if plan.later:
+            wanted[dev_id] = plan.later
+    c = _CREDENTIAL.c
+    for batch in _batched(sorted(wanted), _QUERY_BATCH):
+        for rec in conn.execute(sa.select(c.id, c.device_id, c.username).where(c.device_id.in_(batch))):
+            for column, username in wanted[rec.device_id].items():
+                if rec.username == username:
+                    roles.setdefault(rec.device_id, {})[column] = rec.id
+    if roles:
+        _update_grouped(conn, _DEVICE, [{"b_id": dev_id, "updated_at": now, **values}
+                                        for dev_id, values in roles.items()])
+    pins = [(device_id(key), plan.pin) for key, plan in plans.items() if plan.pin is not None]
+    if any(dev_id is not None for dev_id, _parsed in pins):
+        with Session(bind=conn) as db:
+            for dev_id, parsed in pins:
+                device = db.get(Device, dev_id) if dev_id is not None else None
+                if device is not None and parsed is not None:
+                    pin(db, device, parsed, actor=actor)
+            db.flush()
 
 
 def _expiry_from_last_change(conn: Connection, updates: list[dict], now: datetime) -> None:
@@ -370,13 +563,13 @@ def write_rows(rows: Sequence[ImportRow], engine: Engine | None = None, source: 
         return ChunkOutcome()
     try:
         with engine.begin() as conn:
-            out = _write(conn, rows, source, box)
+            out = _write(conn, rows, source, box, actor)
     except sa.exc.DBAPIError:
         out = ChunkOutcome(isolated=True)
         for r in rows:
             try:
                 with engine.begin() as conn:
-                    out.add(_write(conn, [r], source, box))
+                    out.add(_write(conn, [r], source, box, actor))
             except sa.exc.DBAPIError as exc:
                 out.errors.append(RowError(r.row, "-", _store_reason(exc)))
     _queue_verifies(engine, out.verify_ids, actor)

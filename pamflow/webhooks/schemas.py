@@ -66,6 +66,19 @@ EVENT_SCHEMAS: dict[str, EventSchema] = {
         description="An operation (change, verify, reconcile...) was queued; `operation_id` "
                     "is its row in the store.",
     ),
+    "pam.reservation.requested": EventSchema(
+        robot="password-reservation-request",
+        fields={"credential_id": Field(int),
+                "starts_at": Field(str, non_empty=True, max_length=64),
+                "ends_at": Field(str, non_empty=True, max_length=64),
+                "requested_by": Field(str, non_empty=True, max_length=255),
+                "change_on_start": Field(bool, required=False),
+                "change_on_end": Field(bool, required=False),
+                "note": Field(str, required=False, max_length=1000)},
+        description="Reserve a credential of the source's tenant for `requested_by` from "
+                    "`starts_at` to `ends_at` (ISO 8601); the password changes when it starts "
+                    "and when it ends unless `change_on_start` / `change_on_end` is false.",
+    ),
 }
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
