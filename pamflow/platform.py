@@ -199,7 +199,7 @@ def run_prefect(args: list[str], api_url: str, cwd: Path | None = None, check: b
     """Run a ``prefect`` CLI command against ``api_url``."""
     return subprocess.run(
         [str(BIN / "prefect"), *args],
-        env=prefect_env(api_url, **extra_env),
+        env={**prefect_env(api_url), **extra_env},
         cwd=cwd,
         check=check,
         capture_output=True,
@@ -226,8 +226,8 @@ def start_worker(api_url: str, pool: str = WORK_POOL, log_path: Path | None = No
                  query_seconds: float = 2, **extra_env: str) -> subprocess.Popen:
     """A process worker; its flow runs send pamflow's own log records to Prefect too (the
     flow run's logs in the UI show what the domain did, not only Prefect's lines)."""
-    env = prefect_env(api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds),
-                      PREFECT_LOGGING_EXTRA_LOGGERS="pamflow", **extra_env)
+    env = {**prefect_env(api_url, PREFECT_WORKER_QUERY_SECONDS=str(query_seconds),
+                         PREFECT_LOGGING_EXTRA_LOGGERS="pamflow"), **extra_env}
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(
         [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],

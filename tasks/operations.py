@@ -31,6 +31,13 @@ from pamflow.credentials import DueChange, QueuedCheck, Reminder, ReservationEve
 from pamflow.operations.executor import DrainSummary, Recovery, ServeSummary
 from pamflow.operations.queue import Cancelled
 
+
+def _uuid(value: Any) -> UUID:
+    """An artifact call's result in a synchronous flow (Prefect types it as maybe a coroutine)."""
+    assert isinstance(value, UUID), value
+    return value
+
+
 TABLE_ROWS_MAX = 500
 
 
@@ -58,9 +65,9 @@ def execute_operation_batches(engine: Engine, owner: str, batch_size: int = 100,
     from pamflow.operations.queue import DEFAULT_LEASE_SECONDS, runnable_count
 
     expected = max(1, runnable_count(engine))
-    progress = create_progress_artifact(0.0, key=progress_key,
+    progress = _uuid(create_progress_artifact(0.0, key=progress_key,
                                         description=f"Operation executor {owner}: "
-                                                    f"{expected} operation(s) runnable")
+                                                    f"{expected} operation(s) runnable"))
 
     def published(summary: DrainSummary) -> None:
         done = summary.claimed
@@ -94,8 +101,9 @@ def serve_operations(lifetime_s: float, poll_s: float, batch_size: int, workers:
 def publish_executor_report(summary: ServeSummary, key: str = "operation-executor") -> UUID:
     """What an executor instance did, as a markdown artifact (counts only)."""
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.as_dict().items()]
-    return create_markdown_artifact("\n".join(["## Operation executor", "", *lines]), key=key,
-                                    description=f"Operation executor {summary.owner}")
+    return _uuid(create_markdown_artifact("\n".join(["## Operation executor", "", *lines]),
+                                          key=key,
+                                          description=f"Operation executor {summary.owner}"))
 
 
 # ----------------------------------------------------------------------------- queue upkeep
@@ -207,9 +215,9 @@ def publish_table(key: str, rows: Sequence[Any], description: str) -> UUID:
     if more > 0:
         description += f" (first {TABLE_ROWS_MAX} rows of {len(rows)})"
     if not rows:
-        return create_markdown_artifact(f"**{description}**: nothing to do.", key=key,
-                                        description=description)
-    return create_table_artifact(rows[:TABLE_ROWS_MAX], key=key, description=description)
+        return _uuid(create_markdown_artifact(f"**{description}**: nothing to do.", key=key,
+                                              description=description))
+    return _uuid(create_table_artifact(rows[:TABLE_ROWS_MAX], key=key, description=description))
 
 
 __all__ = ["cancel_expired_operations", "credential_statuses", "describe_operations",
