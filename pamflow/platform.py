@@ -163,8 +163,10 @@ def api_requires_auth(api_url: str) -> bool:
 # at once, not a longer timeout: the services that write on a short loop run less often
 # (late runs 5 s -> 30 s, pause expirations 5 s -> 60 s, cancellation clean-up 20 s -> 60 s,
 # foreman 15 s -> 30 s), the scheduler keeps fewer runs ahead (max 100 -> 10, at most a day
-# ahead; at least 3 as Prefect's default), and `pamflow up` drops the scheduled runs missed
-# while it was down (``skip_missed_runs``) instead of letting them all start at once.
+# ahead; at least 3 as Prefect's default), `pamflow up` drops the scheduled runs missed
+# while it was down (``skip_missed_runs``) instead of letting them all start at once, and the
+# server begins its write transactions IMMEDIATE (pamflow/prefect_server.py), so writers
+# wait for the lock (busy timeout) instead of failing.
 # The statement timeout matches Prefect's busy timeout (60 s). Each value stays overridable
 # from the environment (a setting already set there wins).
 SQLITE_SERVER_SETTINGS = {
@@ -199,7 +201,8 @@ def start_server(home: Path, port: int, log_path: Path | None = None,
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     log = open(log_path or home / "server.log", "ab")  # noqa: SIM115 - owned by the process
     return subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "pamflow.prefect_server", "server", "start", "--host",
+         "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
