@@ -27,17 +27,20 @@ from tasks.operations import (
 
 @flow(name="operation-executor")
 def operation_executor(lifetime_s: float = 3600.0, poll_s: float = 1.0, batch_size: int = 100,
-                       workers: int = 16) -> dict:
+                       workers: int = 16, duties: bool = True) -> dict:
     """Operation executor: batch operator executor; execute tasks ordered by Change Password,
     Certificate and Discovery modules.
 
     Polls the queue every ``poll_s`` seconds for ``lifetime_s`` seconds; ``batch_size``
     operations per claim, ``workers`` concurrent target connections. Each burst of work is
-    a task run. On SIGTERM (the worker cancelling the run, ``pamflow up`` stopping) it
-    claims nothing more, gives back what it has not started on a target and ends.
+    a task run. With ``duties`` it also runs the minute-level jobs of the Retry, Expired
+    operation cancellation, Expired password, Password reservation and Password
+    reconciliation robots when due (``pamflow.operations.duties``). On SIGTERM (the worker
+    cancelling the run, ``pamflow up`` stopping) it claims nothing more, gives back what it
+    has not started on a target and ends.
     """
     summary = serve_operations(lifetime_s, poll_s, batch_size, workers,
-                               burst=execute_operation_batches)
+                               burst=execute_operation_batches, duties=duties)
     publish_executor_report(summary)
     return summary.as_dict()
 

@@ -154,10 +154,38 @@ def api_requires_auth(api_url: str) -> bool:
     return resp.status_code == 401
 
 
+# ---- the embedded Prefect server on SQLite ------------------------------------------------
+# Prefect 3.8 opens SQLite in WAL mode with ``PRAGMA busy_timeout = 60000`` and takes write
+# locks with ``BEGIN IMMEDIATE`` only where it reads for update (server/database/
+# configurations.py). A *deferred* transaction that read before another writer committed
+# cannot wait for the lock (SQLite answers SQLITE_BUSY at once, whatever the busy timeout):
+# those are the "database is locked" errors of a busy server. So the cure is fewer writers
+# at once, not a longer timeout: the services that write on a short loop run less often
+# (late runs 5 s -> 30 s, pause expirations 5 s -> 60 s, cancellation clean-up 20 s -> 60 s,
+# foreman 15 s -> 30 s), the scheduler keeps fewer runs ahead (max 100 -> 10, at most a day
+# ahead; at least 3 as Prefect's default), `pamflow up` drops the scheduled runs missed
+# while it was down (``skip_missed_runs``) instead of letting them all start at once, and the
+# server begins its write transactions IMMEDIATE (pamflow/prefect_server.py), so writers
+# wait for the lock (busy timeout) instead of failing.
+# The statement timeout matches Prefect's busy timeout (60 s). Each value stays overridable
+# from the environment (a setting already set there wins).
+SQLITE_SERVER_SETTINGS = {
+    "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+    "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "60",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "30",
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "30",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "10",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_SCHEDULED_TIME": "P1D",
+}
+
+
 def start_server(home: Path, port: int, log_path: Path | None = None,
                  auth: str | None = None) -> subprocess.Popen:
     """A Prefect server whose database is a SQLite file under ``home``; with ``auth`` its API
-    requires that basic-auth string (passed in the environment, never on the command line)."""
+    requires that basic-auth string (passed in the environment, never on the command line).
+    Tuned for SQLite (``SQLITE_SERVER_SETTINGS``)."""
     home.mkdir(parents=True, exist_ok=True)
     env = prefect_env(
         home=home,
@@ -165,13 +193,16 @@ def start_server(home: Path, port: int, log_path: Path | None = None,
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
     )
+    for key, value in SQLITE_SERVER_SETTINGS.items():
+        env.setdefault(key, value)
     env.pop("PREFECT_API_URL", None)
     env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
     if auth:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     log = open(log_path or home / "server.log", "ab")  # noqa: SIM115 - owned by the process
     return subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "pamflow.prefect_server", "server", "start", "--host",
+         "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -410,3 +441,344 @@ def run_deployment(api_url: str, name: str, parameters: dict, *, auth: str | Non
                 return flow_run
             time.sleep(poll_s)
             flow_run = api_call(client, "GET", f"/flow_runs/{flow_run['id']}").json()
+
+
+def start_gateway(api_url: str, port: int, log_path: Path) -> subprocess.Popen:
+    """The webhook gateway (``pamflow webhooks serve``) forwarding to ``api_url``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pamflow.cli", "webhooks", "serve",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "PREFECT_API_URL": api_url},
+        stdout=open(log_path, "ab"),  # noqa: SIM115 - owned by the process
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+# ---- supervision ----------------------------------------------------------------------------
+# `pamflow up` supervises what it starts: a process that dies is started again after a
+# backoff (1 s, doubling to 30 s; back to 1 s once it has stayed up a minute), and every
+# restart is logged and written to ``platform-state.json`` in the data directory, which
+# `pamflow status` shows. `up` is a child subreaper (Linux), so the flow runs of a worker
+# that died stay its descendants and are stopped with the platform.
+STATE_FILE = "platform-state.json"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants are re-parented to this process rather than to init (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _utc_now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Supervised:
+    """One supervised process: how to start it, its current process, its restart history."""
+
+    def __init__(self, name: str, start: Callable[[], subprocess.Popen]) -> None:
+        self.name = name
+        self.start = start
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.last_restart_at: str | None = None
+        self.started = 0.0
+        self.backoff = 0.0
+        self.restart_at: float | None = None
+
+    def as_dict(self) -> dict:
+        alive = self.proc is not None and self.proc.poll() is None
+        return {"name": self.name, "pid": self.proc.pid if self.proc else None,
+                "state": "running" if alive else "restarting", "restarts": self.restarts,
+                "last_exit_code": self.last_exit, "last_restart_at": self.last_restart_at}
+
+
+class Supervisor:
+    """Starts processes, restarts those that die with backoff, stops them all (reverse order)."""
+
+    MIN_BACKOFF = 1.0
+    MAX_BACKOFF = 30.0
+    STABLE_S = 60.0
+
+    def __init__(self, state_path: Path | None = None,
+                 log: Callable[[str], None] = lambda _msg: None) -> None:
+        self.state_path = state_path
+        self.log = log
+        self.items: list[Supervised] = []
+        self.services: dict[str, dict] = {}
+        self.stopping = False
+
+    def add(self, name: str, start: Callable[[], subprocess.Popen]) -> Supervised:
+        item = Supervised(name, start)
+        item.proc = start()
+        item.started = time.monotonic()
+        self.items.append(item)
+        self.write_state()
+        return item
+
+    def pids(self) -> set[int]:
+        return {i.proc.pid for i in self.items if i.proc is not None}
+
+    def check(self) -> list[str]:
+        """Restart what died (after its backoff); returns the names restarted now."""
+        restarted = []
+        now = time.monotonic()
+        changed = False
+        for item in self.items:
+            if self.stopping or item.proc is None:
+                continue
+            code = item.proc.poll()
+            if code is None:
+                continue
+            if item.restart_at is None:
+                stable = now - item.started >= self.STABLE_S
+                item.backoff = self.MIN_BACKOFF if stable or not item.backoff else \
+                    min(item.backoff * 2, self.MAX_BACKOFF)
+                item.last_exit = code
+                item.restart_at = now + item.backoff
+                self.log(f"{item.name} exited with code {code}; restarting in "
+                         f"{item.backoff:.0f}s")
+                changed = True
+            if now >= item.restart_at:
+                try:
+                    item.proc = item.start()
+                except Exception as exc:  # noqa: BLE001 - retried after the next backoff
+                    item.restart_at = None
+                    item.started = now
+                    self.log(f"{item.name} could not be started: {exc}")
+                    continue
+                item.started = now
+                item.restart_at = None
+                item.restarts += 1
+                item.last_restart_at = _utc_now_iso()
+                self.log(f"{item.name} restarted (pid {item.proc.pid}, restart "
+                         f"#{item.restarts})")
+                restarted.append(item.name)
+                changed = True
+        self.reap_orphans()
+        if changed:
+            self.write_state()
+        return restarted
+
+    def reap_orphans(self) -> None:
+        """Collect the exit status of re-parented descendants (never of our own children)."""
+        mine = self.pids()
+        me = os.getpid()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in mine:
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == me:
+                try:
+                    os.waitpid(int(entry.name), os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def note_service(self, name: str, restarted: bool, detail: str) -> None:
+        """A service robot's instance was started (``restarted``: again, the last one ended
+        or died)."""
+        entry = self.services.setdefault(name, {"name": name, "restarts": 0,
+                                                "last_restart_at": None, "detail": ""})
+        entry["detail"] = detail
+        if restarted:
+            entry["restarts"] += 1
+            entry["last_restart_at"] = _utc_now_iso()
+        self.log(f"{name}: {detail}")
+        self.write_state()
+
+    def write_state(self) -> None:
+        if self.state_path is None:
+            return
+        import json
+
+        state = {"pid": os.getpid(), "updated_at": _utc_now_iso(),
+                 "stopping": self.stopping,
+                 "processes": [i.as_dict() for i in self.items],
+                 "services": list(self.services.values())}
+        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_path)
+
+    def stop_all(self, deadline: float = 20,
+                 on_stopped: Callable[[str], None] = lambda _name: None) -> None:
+        """Stop the flow runs left by dead workers, then every process in reverse order,
+        then anything still below this process (nothing is left behind)."""
+        self.stopping = True
+        self.write_state()
+        self._stop_orphans(deadline)
+        for item in reversed(self.items):
+            stop(item.proc, deadline=deadline)
+            on_stopped(item.name)
+        self._stop_orphans(5)
+        if self.state_path is not None:
+            self.state_path.unlink(missing_ok=True)
+
+    def _stop_orphans(self, deadline: float) -> None:
+        mine = self.pids()
+        covered = set(mine).union(*(descendants(m) for m in mine))
+        orphans = [p for p in descendants(os.getpid()) if p not in covered and _alive(p)]
+        if not orphans:
+            return
+        groups = set()
+        for pid in orphans:
+            try:
+                groups.add(os.getpgid(pid))
+            except ProcessLookupError:
+                continue
+        groups.discard(os.getpgid(0))
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGTERM)
+        end = time.monotonic() + deadline
+        while time.monotonic() < end and any(_alive(p) for p in orphans):
+            self.reap_orphans()
+            time.sleep(0.2)
+        for pid in orphans:
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.reap_orphans()
+
+
+def read_state(home: Path) -> dict | None:
+    """What the running `pamflow up` of ``home`` supervises (None when it is not running)."""
+    import json
+
+    try:
+        state = json.loads((home / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    pid = state.get("pid")
+    if not isinstance(pid, int) or pid <= 1 or not _alive(pid):
+        return None
+    return state
+
+
+# ---- scheduled runs missed while the platform was down ------------------------------------
+def _iso(when: float | None = None) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(time.time() if when is None else when, UTC).isoformat()
+
+
+def skip_missed_runs(api_url: str, auth: str | None = None) -> dict[str, int]:
+    """Delete the auto-scheduled runs whose time passed while nobody ran them, except the
+    newest one of each deployment: after downtime each scheduled robot runs once, not once
+    per missed slot (Prefect's own redeploy only drops *future* auto-scheduled runs).
+    Returns how many were dropped per deployment id. Runs waiting for a concurrency slot
+    and runs started by hand are kept."""
+    headers = auth_headers(auth if auth is not None else os.environ.get("PREFECT_API_AUTH_STRING"))
+    body = {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}},
+                          "expected_start_time": {"before_": _iso()}},
+            "sort": "EXPECTED_START_TIME_DESC", "limit": 200}
+    newest: set[str] = set()
+    stale: list[tuple[str, str]] = []
+    with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=30) as client:
+        offset = 0
+        while True:
+            page = api_call(client, "POST", "/flow_runs/filter",
+                            json={**body, "offset": offset}).json()
+            for run in page:
+                dep = run.get("deployment_id")
+                if not dep or not run.get("auto_scheduled") or \
+                        (run.get("state_name") or "") not in ("Scheduled", "Late"):
+                    continue
+                if dep in newest:
+                    stale.append((dep, run["id"]))
+                else:
+                    newest.add(dep)
+            if len(page) < 200:
+                break
+            offset += len(page)
+        dropped: dict[str, int] = {}
+        for dep, run_id in stale:
+            try:
+                api_call(client, "DELETE", f"/flow_runs/{run_id}")
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 404:
+                    raise
+                continue
+            dropped[dep] = dropped.get(dep, 0) + 1
+    return dropped
+
+
+# ---- service robots -----------------------------------------------------------------------
+SERVICE_TAG = "service"
+ACTIVE_STATES = ["RUNNING", "PENDING", "SCHEDULED", "CANCELLING"]
+SOON_S = 120.0
+
+
+class ServiceKeeper:
+    """Keeps one instance of every *service robot* (a deployment tagged ``service``, such as
+    the operation executor) alive: when none is running, pending or due within two minutes,
+    it starts one. Repeated starts back off (1 min doubling to 10 min) so a robot that
+    crashes at once does not loop."""
+
+    def __init__(self, api_url: str, auth: str | None,
+                 note: Callable[[str, bool, str], None]) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.headers = auth_headers(auth)
+        self.note = note
+        self.last_start: dict[str, float] = {}
+        self.backoff: dict[str, float] = {}
+
+    def check(self) -> list[str]:
+        started = []
+        with httpx.Client(base_url=self.api_url, headers=self.headers, timeout=30) as client:
+            deps = api_call(client, "POST", "/deployments/filter", json={
+                "deployments": {"tags": {"all_": [SERVICE_TAG]}}}).json()
+            for dep in deps:
+                if dep.get("paused"):
+                    continue
+                if self._alive(client, dep["id"]):
+                    continue
+                name = dep["name"]
+                now = time.monotonic()
+                last = self.last_start.get(name)
+                if last is not None and now - last < SOON_S * 5:
+                    wait = self.backoff.get(name, 60.0)
+                    if now - last < wait:
+                        continue
+                    self.backoff[name] = min(wait * 2, 600.0)
+                else:
+                    self.backoff[name] = 60.0
+                run = api_call(client, "POST", f"/deployments/{dep['id']}/create_flow_run",
+                               json={"tags": ["started-by-up"]}).json()
+                self.last_start[name] = now
+                started.append(name)
+                ended = self._last_end(client, dep["id"])
+                died = ended in ("CRASHED", "FAILED")
+                self.note(name, died, f"{'instance ended ' + ended.lower() if died else 'no instance alive'}"
+                                      f"; started one (flow run {run['name']})")
+        return started
+
+    def _last_end(self, client: httpx.Client, deployment_id: str) -> str:
+        runs = api_call(client, "POST", "/flow_runs/filter", json={
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}},
+            "sort": "END_TIME_DESC", "limit": 1}).json()
+        return runs[0]["state_type"] if runs else ""
+
+    def _alive(self, client: httpx.Client, deployment_id: str) -> bool:
+        runs = api_call(client, "POST", "/flow_runs/filter", json={
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "flow_runs": {"state": {"type": {"any_": ACTIVE_STATES}}}, "limit": 20}).json()
+        soon = _iso(time.time() + SOON_S)
+        return any(r["state_type"] != "SCHEDULED" or (r.get("expected_start_time") or "") <= soon
+                   or (r.get("state_name") or "") == "AwaitingConcurrencySlot" for r in runs)

@@ -88,18 +88,42 @@ def execute_operation_batches(engine: Engine, owner: str, batch_size: int = 100,
 
 
 def serve_operations(lifetime_s: float, poll_s: float, batch_size: int, workers: int,
-                     burst=None) -> ServeSummary:
+                     burst=None, duties: bool = True) -> ServeSummary:
     """One executor service instance (``pamflow.operations.executor.serve``) on the configured store;
-    ``burst`` runs each burst of work (the task above, so the UI shows one task run each)."""
+    ``burst`` runs each burst of work (the task above, so the UI shows one task run each).
+    With ``duties`` it also runs the registered duties (``pamflow.operations.duties``) when
+    due, publishing each robot's table when its duty found something to do."""
+    from pamflow.operations.duties import DutyRunner
     from pamflow.operations.executor import new_owner, serve
 
-    return serve(lifetime_s, poll_s, _store(), owner=new_owner("executor-service"),
+    engine = _store()
+    owner = new_owner("executor-service")
+    runner = DutyRunner(engine, owner, on_done=publish_duty) if duties else None
+    return serve(lifetime_s, poll_s, engine, owner=owner,
                  batch_size=batch_size, workers=workers, burst=burst,
-                 policy_source=load_policy_block)
+                 policy_source=load_policy_block,
+                 duties=runner.run_due if runner is not None else None)
+
+
+def publish_duty(duty, result) -> UUID:
+    """A duty that did something publishes its robot's table (same artifact key as the robot's
+    own runs), from inside the service instance that ran it."""
+    from pamflow.operations.duties import found
+
+    rows = result if isinstance(result, list) else \
+        [asdict(result) if is_dataclass(result) and not isinstance(result, type) else
+         {"done": found(result)}]
+    return publish_table(duty.name, rows, f"{found(result)} done by the {duty.name} duty "
+                                          f"(in {duty.host})")
 
 
 def publish_executor_report(summary: ServeSummary, key: str = "operation-executor") -> UUID:
-    """What an executor instance did, as a markdown artifact (counts only)."""
+    """What an executor instance did, as a markdown artifact (counts only); an instance
+    that ran nothing is tagged ``nothing-to-do`` (pruned later, tasks/housekeeping.py)."""
+    if not summary.claimed and not summary.duty_work:
+        from tasks.housekeeping import mark_nothing_to_do
+
+        mark_nothing_to_do()
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.as_dict().items()]
     return _uuid(create_markdown_artifact("\n".join(["## Operation executor", "", *lines]),
                                           key=key,
@@ -215,6 +239,9 @@ def publish_table(key: str, rows: Sequence[Any], description: str) -> UUID:
     if more > 0:
         description += f" (first {TABLE_ROWS_MAX} rows of {len(rows)})"
     if not rows:
+        from tasks.housekeeping import mark_nothing_to_do
+
+        mark_nothing_to_do()
         return _uuid(create_markdown_artifact(f"**{description}**: nothing to do.", key=key,
                                               description=description))
     return _uuid(create_table_artifact(rows[:TABLE_ROWS_MAX], key=key, description=description))

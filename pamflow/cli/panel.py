@@ -94,6 +94,7 @@ def robot_rows(client) -> list[RobotRow]:
     from prefect.client.schemas.sorting import FlowRunSort
 
     flows = {f.id: f.name for f in client.read_flows()}
+    duties, duty_states = _duties()
     rows = []
     for dep in sorted(client.read_deployments(), key=lambda d: (d.tags[:1], d.name)):
         by_dep = DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
@@ -114,6 +115,21 @@ def robot_rows(client) -> list[RobotRow]:
         schedule, window = _schedule_text(dep)
         triggers = _triggers_text(client, dep.id)
         last_run = last[0] if last else None
+        last_state = last_run.state_name if last_run else "never run"
+        last_time = (last_run.start_time or last_run.created) if last_run else None
+        next_run = upcoming[0].expected_start_time if upcoming else None
+        duty = duties.get(dep.name)
+        if duty is not None:  # its job runs inside a service robot (pamflow.operations.duties)
+            schedule = f"duty: every {_every(duty.every)} in {duty.host}; " + schedule
+            window = "always"
+            state = duty_states.get(dep.name)
+            if state is not None and state.last_finished_at is not None and (
+                    last_time is None or state.last_finished_at > last_time):
+                last_state = ("duty failed" if state.last_error
+                              else f"duty: {state.last_found} done")
+                last_time = state.last_finished_at
+            if state is not None:
+                next_run = state.next_due_at
         rows.append(
             RobotRow(
                 name=dep.name,
@@ -123,10 +139,32 @@ def robot_rows(client) -> list[RobotRow]:
                 window=window,
                 instances=_instances(dep),
                 status="paused" if dep.paused else "active",
-                last_state=last_run.state_name if last_run else "never run",
-                last_time=(last_run.start_time or last_run.created) if last_run else None,
-                next_run=upcoming[0].expected_start_time if upcoming else None,
+                last_state=last_state,
+                last_time=last_time,
+                next_run=next_run,
                 triggers=triggers,
             )
         )
     return rows
+
+
+def _every(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    if seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds:g} s"
+
+
+def _duties() -> tuple[dict, dict]:
+    """The registered duties and their rows in the store (empty when the store is not
+    reachable from here: the panel still shows Prefect's side)."""
+    from pamflow.operations import duties
+
+    registry = duties.load()
+    try:
+        from pamflow.db import store
+
+        return registry, duties.states(store())
+    except Exception:  # noqa: BLE001
+        return registry, {}

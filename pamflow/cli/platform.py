@@ -6,9 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
-import time
 from datetime import UTC, datetime
 
 import typer
@@ -57,17 +55,21 @@ def up(
     home = data_dir()
     os.environ.setdefault("PAMFLOW_HOME", str(home))
     os.environ.update(platform.QUIET_ENV)
-    started: list[tuple[str, subprocess.Popen]] = []
     stopping = threading.Event()
+
+    def log(message: str) -> None:
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        console.print(f"[{stamp}] {message}", markup=False, highlight=False)
+
+    platform.become_subreaper()  # flow runs of a worker that died stay below `up`
+    supervisor = platform.Supervisor(home / platform.STATE_FILE, log)
 
     def shutdown(*_args) -> None:
         if stopping.is_set():
             return
         stopping.set()
         console.print("\n[bold]Stopping pamflow…[/bold]")
-        for name, proc in reversed(started):
-            platform.stop(proc, deadline=20)
-            console.print(f"  stopped {name}")
+        supervisor.stop_all(deadline=20, on_stopped=lambda name: console.print(f"  stopped {name}"))
 
     def terminate(*_args) -> None:  # SIGTERM stops exactly as Ctrl-C does
         if not stopping.is_set():
@@ -114,9 +116,9 @@ def up(
             else:
                 console.print(f"starting Prefect server on 127.0.0.1:{port} "
                               f"(SQLite in {home / 'prefect'}; API authentication on)…")
-                server = platform.start_server(home / "prefect", port, auth=auth)
-                started.append(("prefect server", server))
-                platform.wait_healthy(api_url, timeout=120, proc=server)
+                server = supervisor.add("prefect server", lambda: platform.start_server(
+                    home / "prefect", port, auth=auth))
+                platform.wait_healthy(api_url, timeout=120, proc=server.proc)
             platform.record_api_url(home, api_url)
             os.environ["PREFECT_API_URL"] = api_url
 
@@ -124,19 +126,16 @@ def up(
         platform.register_blocks(api_url)
         console.print("deploying every robot in prefect.yaml…")
         platform.deploy_all(api_url, version=_git_version())
+        dropped = platform.skip_missed_runs(api_url)
+        if dropped:
+            console.print(f"skipped {sum(dropped.values())} scheduled run(s) missed while "
+                          f"pamflow was down (each robot runs once now, not once per slot)")
         if not no_worker:
-            worker = platform.start_worker(api_url, log_path=home / "worker.log")
-            started.append(("worker", worker))
+            supervisor.add("worker", lambda: platform.start_worker(
+                api_url, log_path=home / "worker.log"))
         if not no_gateway:
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "pamflow.cli", "webhooks", "serve",
-                 "--host", "127.0.0.1", "--port", str(gateway_port)],
-                env={**os.environ, "PREFECT_API_URL": api_url},
-                stdout=open(home / "gateway.log", "ab"),  # noqa: SIM115
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            started.append(("webhook gateway", gateway))
+            supervisor.add("webhook gateway", lambda: platform.start_gateway(
+                api_url, gateway_port, home / "gateway.log"))
         ui = api_url.removesuffix("/api")
         console.print(f"\n[bold green]pamflow is up.[/bold green] Prefect UI: {ui}")
         if platform.local_api_auth(home, api_url):
@@ -145,16 +144,32 @@ def up(
             console.print(f"webhooks: http://127.0.0.1:{gateway_port}/hooks/<source>")
         console.print(f"logs: {home}/*.log — Ctrl-C stops everything.\n")
         _print_robots()
+        keeper = None if no_worker else platform.ServiceKeeper(
+            api_url, os.environ.get("PREFECT_API_AUTH_STRING"), supervisor.note_service)
+        if keeper is not None:
+            threading.Thread(target=_keep_services, args=(keeper, stopping, log),
+                             name="service-keeper", daemon=True).start()
         while not stopping.is_set():
-            for name, proc in started:
-                if proc.poll() is not None:
-                    console.print(f"[red]{name} exited with code {proc.returncode}[/red]")
-                    raise typer.Exit(1)
-            time.sleep(1)
+            supervisor.check()
+            stopping.wait(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         shutdown()
+
+
+KEEPER_INTERVAL_S = 15.0
+
+
+def _keep_services(keeper, stopping: threading.Event, log) -> None:
+    """Every 15 s: a service robot with no live instance gets one (the executor)."""
+    first = True
+    while not stopping.wait(2.0 if first else KEEPER_INTERVAL_S):
+        first = False
+        try:
+            keeper.check()
+        except Exception as exc:  # noqa: BLE001 - the server may be restarting: next round
+            log(f"service keeper: {exc.__class__.__name__}: {str(exc)[:200]}")
 
 
 def _api_accepts(url: str, auth: str) -> bool:
@@ -290,7 +305,33 @@ def status() -> None:
         healthy = False
     console.print(f"gateway    {gw}  " + ("[green]healthy[/green]" if healthy
                                           else "[yellow]not answering[/yellow]"))
+    _print_supervision(data_dir())
     raise typer.Exit(0 if ok else 1)
+
+
+def _print_supervision(home) -> None:
+    """What `pamflow up` supervises, with its restarts (from its state file)."""
+    from pamflow import platform
+
+    state = platform.read_state(home)
+    if state is None:
+        console.print("supervisor `pamflow up` is not running from this data directory")
+        return
+    console.print(f"supervisor `pamflow up` running (pid {state['pid']})")
+    for item in [*state.get("processes", []), *state.get("services", [])]:
+        restarts = item.get("restarts", 0)
+        parts = [item.get("state") or "service robot"]
+        if item.get("pid"):
+            parts[0] += f" (pid {item['pid']})"
+        parts.append(f"{restarts} restart(s)")
+        if item.get("last_restart_at"):
+            parts.append(f"last restart {item['last_restart_at']}")
+        if item.get("last_exit_code") is not None:
+            parts.append(f"last exit code {item['last_exit_code']}")
+        if item.get("detail"):
+            parts.append(str(item["detail"]))
+        colour = "yellow" if restarts else "green"
+        console.print(f"  {item.get('name', '?'):<28} [{colour}]" + ", ".join(parts) + f"[/{colour}]")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ from .inventory import (
     PasswordReservation,
 )
 from .operations import Operation, OperationKind, OperationState
-from .system import AuditLog, Notification, SystemParameter
+from .system import AuditLog, DutyState, Notification, SystemParameter
 from .webhooks import WebhookDelivery, WebhookSource
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "CredentialHistory",
     "CredentialStatus",
     "Device",
+    "DutyState",
     "HostKey",
     "NotStored",
     "Notification",

@@ -52,3 +52,22 @@ class SystemParameter(SQLModel, table=True):
     value: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
     description: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DutyState(SQLModel, table=True):
+    """When each duty (``pamflow.operations.duties``) is next due, and what it last did.
+
+    A service instance runs a duty only after moving ``next_due_at`` forward by a
+    conditional update, so two instances never run one slot twice."""
+
+    __tablename__ = "duty"
+
+    name: str = Field(primary_key=True)
+    next_due_at: datetime = Field(default_factory=utcnow)
+    owner: str | None = None  # the instance that ran it last
+    runs: int = 0
+    last_started_at: datetime | None = None
+    last_finished_at: datetime | None = None
+    last_found: int = 0  # how many things the last run did
+    last_work_at: datetime | None = None  # the last run that found something to do
+    last_error: str | None = text_field()

@@ -256,6 +256,7 @@ class ServeSummary(DrainSummary):
 
     polls: int = 0
     stopped: bool = False
+    duty_work: int = 0  # things its duties did (pamflow.operations.duties)
 
 
 @dataclass(frozen=True)
@@ -291,12 +292,15 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
           on_idle: Callable[[], None] | None = None,
           stop: threading.Event | None = None,
           burst: Callable[..., DrainSummary] | None = None,
-          policy_source: PolicySource | None = None) -> ServeSummary:
+          policy_source: PolicySource | None = None,
+          duties: Callable[[], dict[str, int]] | None = None) -> ServeSummary:
     """One long-lived executor instance: poll every ``poll_s`` for ``lifetime_s`` seconds.
 
     When work is runnable it runs a *burst*: ``drain`` until nothing is runnable (or
     ``burst(**drain_arguments)``, which the Prefect flow uses to make each burst a task
-    run). ``on_idle`` is called after each empty poll.
+    run). ``on_idle`` is called after each empty poll. ``duties`` (a
+    ``duties.DutyRunner``'s ``run_due``) is called before each poll: the minute-level jobs
+    run inside this instance instead of as flow runs of their own.
 
     Stopping: when ``stop`` is set, and on SIGTERM/SIGINT when run in the main thread, it
     claims nothing more; the batch in flight gives back (re-queues) the operations it has
@@ -319,10 +323,13 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
     run = burst or drain
     totals: Counter = Counter()
     polls = 0
+    duty_work = 0
     log.info("%s serving: polling the queue every %gs for %gs", owner, poll_s, lifetime_s)
     try:
         while not stop.is_set() and time.monotonic() < deadline:
             polls += 1
+            if duties is not None:
+                duty_work += sum(duties().values())
             if opqueue.runnable_count(engine, kinds or list(HANDLERS)):
                 done = run(engine=engine, owner=owner, batch_size=batch_size, workers=workers,
                            kinds=kinds, lease_s=lease_s, on_batch=on_batch, stop=stop,
@@ -336,7 +343,7 @@ def serve(lifetime_s: float = 3600.0, poll_s: float = 1.0, engine: Engine | None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return ServeSummary(owner=owner, polls=polls, stopped=stop.is_set(),
+    return ServeSummary(owner=owner, polls=polls, stopped=stop.is_set(), duty_work=duty_work,
                         **{k: totals[k] for k in ("batches", "claimed", "succeeded", "failed",
                                                   "other")})
 
