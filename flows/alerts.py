@@ -9,13 +9,17 @@ The other robots do one pass a day and end. The rules live in ``pamflow.alerts``
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from prefect import flow
 
 from tasks.alerts import (
     alert_expiring_certificates,
+    notify_expirations,
     read_served_certificates,
+    report_password_changes,
     watch_robot_configuration,
 )
 from tasks.operations import publish_table
@@ -30,7 +34,7 @@ def configuration_auditor(lifetime_s: float = 0.0, poll_s: float = 15.0,
     Each change (robot, field, before, after, who if Prefect knows, when) goes to the audit
     log and, as an RFC 5424 line, to the syslog target block ``syslog_block``.
     """
-    return watch_robot_configuration(lifetime_s, poll_s, syslog_block)
+    return watch_robot_configuration(time.time() + lifetime_s, poll_s, syslog_block)
 
 
 @flow(name="certificate-expiration")
@@ -50,3 +54,43 @@ def certificate_expiration(tenant: str | None = None, workers: int = 32,
     publish_table("certificate-expiration-alerts", alerts,
                   f"{len(alerts)} certificate expiration alert(s) queued")
     return {"ports": len(scans), "unreadable": len(failed), "alerts": len(alerts)}
+
+
+@flow(name="password-change-report")
+def password_change_report(day: date | None = None, tenant: str | None = None) -> dict[str, Any]:
+    """Password change report: notify configured users about occurred password changes.
+
+    The daily summary of the previous UTC day (or ``day``): passwords changed and
+    activated, and the failures with their reasons; one "Password daily summary" per tenant,
+    queued once, and a table artifact.
+    """
+    day = day or (datetime.now(UTC) - timedelta(days=1)).date()
+    report = report_password_changes(day, tenant)
+    publish_table("password-change-report", report.tenants,
+                  f"Password changes of {report.day}: "
+                  f"{sum(t.changed for t in report.tenants)} changed, "
+                  f"{sum(t.change_failed for t in report.tenants)} failed")
+    if report.failures:
+        publish_table("password-change-failures", report.failures,
+                      f"{len(report.failures)} password operation failure(s) on {report.day}")
+    return {"day": report.day, "tenants": len(report.tenants),
+            "notified": sum(t.notified for t in report.tenants),
+            "failures": len(report.failures)}
+
+
+@flow(name="expiration-notification")
+def expiration_notification(password_days: int | None = None,
+                            certificate_days: int | None = None,
+                            tenant: str | None = None) -> dict[str, Any]:
+    """Expiration notification: notify configured users about passwords and certificates
+    close to expiration.
+
+    One "Expiration notification" per tenant and day listing the passwords due within
+    ``password_days`` (system parameter, 7) and certificates within ``certificate_days``
+    (30).
+    """
+    report = notify_expirations(password_days, certificate_days, tenant)
+    publish_table("expiration-notification", report.items,
+                  f"{len(report.items)} password(s)/certificate(s) close to expiration; "
+                  f"{len(report.notified)} tenant(s) notified")
+    return {"day": report.day, "items": len(report.items), "notified": len(report.notified)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
@@ -21,6 +21,7 @@ from tasks.operations import publish_table
 if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
     from pamflow.alerts.certificates import ExpirationAlert, PortScan
     from pamflow.alerts.config_audit import DeploymentEvent, RobotConfig
+    from pamflow.alerts.reports import ExpirationReport, PasswordChangeReport
 
 log = logging.getLogger("pamflow.alerts")
 PAGE = 200
@@ -84,10 +85,11 @@ def read_deployment_events(client: Any, since: datetime | None,
 
 
 @task(name="watch-robot-configuration", retries=1, retry_delay_seconds=10)
-def watch_robot_configuration(lifetime_s: float, poll_s: float,
+def watch_robot_configuration(until_epoch: float, poll_s: float,
                               syslog_block: str) -> list[dict[str, Any]]:
-    """Compare every deployment with its snapshot every ``poll_s`` seconds for
-    ``lifetime_s`` (one pass when 0); record changes and send them to syslog."""
+    """Compare every deployment with its snapshot every ``poll_s`` seconds until
+    ``until_epoch`` (one pass when it is past; a retry keeps the same end); record changes
+    and send them to syslog."""
     from prefect.client.orchestration import get_client
 
     from blocks.syslog_target import load_syslog_target
@@ -95,7 +97,6 @@ def watch_robot_configuration(lifetime_s: float, poll_s: float,
     from pamflow.db import store
 
     engine = store()
-    deadline = time.monotonic() + lifetime_s
     changes: list[dict[str, Any]] = []
     with get_client(sync_client=True) as client:
         while True:
@@ -116,7 +117,7 @@ def watch_robot_configuration(lifetime_s: float, poll_s: float,
                               f"{len(rows)} configuration change(s) of robots; syslog: "
                               f"{delivery.sent} sent, {delivery.pending} waiting"
                               + (f" ({delivery.error})" if delivery.error else ""))
-            if time.monotonic() + poll_s >= deadline:
+            if time.time() + poll_s >= until_epoch:
                 break
             time.sleep(poll_s)
     if not changes:
@@ -146,3 +147,24 @@ def alert_expiring_certificates(tenant: str | None) -> list[ExpirationAlert]:
     from pamflow.db import store
 
     return alert(store(), tenant=tenant)
+
+
+# ---------------------------------------------------------------- daily reports
+@task(name="password-change-report", retries=1, retry_delay_seconds=10)
+def report_password_changes(day: date, tenant: str | None) -> PasswordChangeReport:
+    """Summarise the day's password changes and failures; queue one report per tenant."""
+    from pamflow.alerts.reports import password_change_report
+    from pamflow.db import store
+
+    return password_change_report(store(), day, tenant)
+
+
+@task(name="expiration-notification", retries=1, retry_delay_seconds=10)
+def notify_expirations(password_days: int | None, certificate_days: int | None,
+                       tenant: str | None) -> ExpirationReport:
+    """List passwords and certificates close to expiry; queue one notice per tenant."""
+    from pamflow.alerts.reports import expiration_notification
+    from pamflow.db import store
+
+    return expiration_notification(store(), password_days=password_days,
+                                   certificate_days=certificate_days, tenant=tenant)
