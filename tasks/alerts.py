@@ -84,47 +84,68 @@ def read_deployment_events(client: Any, since: datetime | None,
     return found
 
 
+def _audit_pass(client: Any, engine: Any, syslog_block: str
+                ) -> tuple[list[dict[str, Any]], int, str | None]:
+    """One comparison of every deployment with its snapshot, then the syslog backlog:
+    (changes recorded, lines still waiting for syslog, why they wait)."""
+    from blocks.syslog_target import load_syslog_target
+    from pamflow.alerts.config_audit import audit_configuration, deliver_to_syslog, events_since
+
+    until = datetime.now(UTC)
+    since = events_since(engine)  # re-read a margin: events are stored asynchronously
+    events = read_deployment_events(client, since and since - EVENT_MARGIN, until)
+    robots = read_robot_configs(client)
+    done = audit_configuration(engine, robots, events, events_until=until)
+    target = load_syslog_target(syslog_block)
+    if target is None:
+        log.warning("no syslog target block %r: configuration changes are kept until one "
+                    "is configured", syslog_block)
+    delivery = deliver_to_syslog(engine, target)
+    rows = done.rows()
+    if rows:
+        publish_table("configuration-auditor", rows,
+                      f"{len(rows)} configuration change(s) of robots; syslog: "
+                      f"{delivery.sent} sent, {delivery.pending} waiting"
+                      + (f" ({delivery.error})" if delivery.error else ""))
+    return rows, delivery.pending, delivery.error
+
+
 @task(name="watch-robot-configuration", retries=1, retry_delay_seconds=10)
 def watch_robot_configuration(until_epoch: float, poll_s: float,
                               syslog_block: str) -> list[dict[str, Any]]:
     """Compare every deployment with its snapshot every ``poll_s`` seconds until
     ``until_epoch`` (one pass when it is past; a retry keeps the same end); record changes
     and send them to syslog."""
+    import httpx
     from prefect.client.orchestration import get_client
 
-    from blocks.syslog_target import load_syslog_target
-    from pamflow.alerts.config_audit import audit_configuration, deliver_to_syslog, events_since
     from pamflow.db import store
 
     engine = store()
     changes: list[dict[str, Any]] = []
+    passes = failures = 0
+    waiting, problem = 0, None
     with get_client(sync_client=True) as client:
         while True:
-            until = datetime.now(UTC)
-            since = events_since(engine)  # re-read a margin: events are stored asynchronously
-            events = read_deployment_events(client, since and since - EVENT_MARGIN, until)
-            robots = read_robot_configs(client)
-            done = audit_configuration(engine, robots, events, events_until=until)
-            target = load_syslog_target(syslog_block)
-            if target is None:
-                log.warning("no syslog target block %r: configuration changes are kept "
-                            "until one is configured", syslog_block)
-            delivery = deliver_to_syslog(engine, target)
-            if done.changes:
-                rows = done.rows()
+            try:
+                rows, waiting, problem = _audit_pass(client, engine, syslog_block)
                 changes.extend(rows)
-                publish_table("configuration-auditor", rows,
-                              f"{len(rows)} configuration change(s) of robots; syslog: "
-                              f"{delivery.sent} sent, {delivery.pending} waiting"
-                              + (f" ({delivery.error})" if delivery.error else ""))
+                passes += 1
+            except (httpx.HTTPError, OSError) as exc:
+                # Prefect's API restarting, say: the next pass catches up from the snapshots
+                failures += 1
+                log.warning("configuration auditor pass failed: %s", exc)
+                if time.time() + poll_s >= until_epoch and passes == 0:
+                    raise
             if time.time() + poll_s >= until_epoch:
                 break
             time.sleep(poll_s)
     if not changes:
         create_markdown_artifact(
-            f"**Configuration auditor**: no change to any robot's interval, instances or "
-            f"status; syslog: {delivery.pending} line(s) waiting"
-            + (f" ({delivery.error})" if delivery.error else "") + ".",
+            f"**Configuration auditor**: {passes} pass(es), no change to any robot's interval, "
+            f"instances or status; syslog: {waiting} line(s) waiting"
+            + (f" ({problem})" if problem else "")
+            + (f"; {failures} pass(es) failed" if failures else "") + ".",
             key="configuration-auditor", description="Configuration auditor pass")
     return changes
 

@@ -263,3 +263,47 @@ def test_a_hostile_robot_name_gives_one_safe_line(store, prefect_server, prefect
         client.delete_deployment(dep_id)
     finally:
         rx.close()
+
+
+def test_the_service_run_notices_a_change_made_while_it_watches(store, prefect_server,
+                                                                prefect_client_sync):
+    """One flow run polls for its lifetime: a pause made while it runs reaches syslog
+    before the run ends."""
+    import threading
+    import time
+
+    from blocks.syslog_target import SyslogTargetBlock
+    from flows.alerts import configuration_auditor
+
+    client = prefect_client_sync
+    tag = uuid.uuid4().hex[:8]
+    robot = f"watched-robot-{tag}"
+    rx = SyslogReceiver("udp")
+    try:
+        block = f"syslog-watch-{tag}"
+        SyslogTargetBlock(host="127.0.0.1", port=rx.port, protocol="udp",
+                          allow_cleartext=True).save(block)
+        flow_id = client.create_flow_from_name(f"watch-probe-{tag}")
+        dep_id = client.create_deployment(flow_id=flow_id, name=robot,
+                                          entrypoint="flows/alerts.py:configuration_auditor")
+        configuration_auditor(lifetime_s=0, syslog_block=block)  # the baseline
+        arrived: list[bool] = []
+
+        def pause_then_watch() -> None:
+            from prefect.client.orchestration import get_client
+
+            time.sleep(1.0)
+            with get_client(sync_client=True) as other:
+                other.pause_deployment(dep_id)
+            arrived.append(bool(rx.wait_for(f'robot="{robot}"', 'field="paused"', timeout=30)))
+
+        watcher = threading.Thread(target=pause_then_watch)
+        watcher.start()
+        changes = configuration_auditor(lifetime_s=8, poll_s=0.5, syslog_block=block)
+        watcher.join()
+        assert arrived == [True]
+        assert [(c["field"], c["after"]) for c in changes if c["robot"] == robot] == [
+            ("paused", "true")]
+        client.delete_deployment(dep_id)
+    finally:
+        rx.close()
