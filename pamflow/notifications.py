@@ -56,6 +56,22 @@ _CATALOGUE = [
      "Storage is running under 20% of free space"),
     ("Monitoring", "Low disk space - Low criticality", "Storage is running under 30% of free space"),
     ("Devices", "Batch import finished", "A spreadsheet import of devices and credentials ended"),
+    ("Certificates", "Certificate expiration alert: Today", "Some certificates will be expired today"),
+    ("Certificates", "Certificate expiration alert: 1 day",
+     "Some certificates will be expired on 1 day"),
+    ("Certificates", "Certificate expiration alert: 7 days",
+     "Some certificates will be expired on 7 days"),
+    ("Certificates", "Certificate expiration alert: 30 days",
+     "Some certificates will be expired on 30 days"),
+    ("Certificates", "Certificate expiration warning: 15 days",
+     "Some certificates will be expired on 15 days"),
+    ("Certificates", "Certificate expiration warning: 60 days",
+     "Some certificates will be expired on 60 days"),
+    ("Certificates", "Certificate expiration warning: 90 days",
+     "Some certificates will be expired on 90 days"),
+    # seed 000's Expiration notification robot (no type of its own in 002/003)
+    ("Credentials", "Expiration notification",
+     "Passwords and certificates close to expiration (daily)"),
 ]
 
 CATALOGUE: dict[str, NotificationType] = {

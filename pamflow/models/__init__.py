@@ -2,6 +2,7 @@
 
 from ._base import NotStored, row_id, table_of, utcnow
 from .activity import AccessGroup, AccessGroupMember, Certificate, Session, SessionEvent, User
+from .alerts import CertificateAlert, ConfigChange, DeploymentSnapshot, ReportMark
 from .inventory import (
     Connectivity,
     Credential,
@@ -20,10 +21,13 @@ __all__ = [
     "AccessGroupMember",
     "AuditLog",
     "Certificate",
+    "CertificateAlert",
+    "ConfigChange",
     "Connectivity",
     "Credential",
     "CredentialHistory",
     "CredentialStatus",
+    "DeploymentSnapshot",
     "Device",
     "DutyState",
     "HostKey",
@@ -33,6 +37,7 @@ __all__ = [
     "OperationKind",
     "OperationState",
     "PasswordReservation",
+    "ReportMark",
     "Session",
     "SessionEvent",
     "SystemParameter",

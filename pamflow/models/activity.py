@@ -11,7 +11,12 @@ from ._base import json_field, text_field, utcnow
 
 
 class Certificate(SQLModel, table=True):
+    """A certificate kept in the store (``source`` "store") or read from a device's TLS port
+    by the certificate expiration robot (``source`` "served", one row per device and port)."""
+
     __tablename__ = "certificate"
+    __table_args__ = (sa.UniqueConstraint("source", "device_id", "port",
+                                          name="uq_certificate_served_port"),)
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: int | None = Field(default=None, foreign_key="device.id", index=True)
@@ -22,6 +27,12 @@ class Certificate(SQLModel, table=True):
     not_after: datetime = Field(index=True)
     alerts_sent: list[int] = json_field(default_factory=list)  # day thresholds already notified
     created_at: datetime = Field(default_factory=utcnow)
+    tenant: str = Field(default="default", sa_column_kwargs={"server_default": "default"})
+    source: str = Field(default="store", sa_column_kwargs={"server_default": "store"})
+    port: int | None = None  # the TLS port it was served on (served certificates)
+    fingerprint: str | None = None  # SHA-256 of the DER certificate, hex
+    self_signed: bool | None = None
+    last_seen_at: datetime | None = None
 
 
 class Session(SQLModel, table=True):
