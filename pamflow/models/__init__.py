@@ -12,7 +12,14 @@ from .inventory import (
     PasswordReservation,
 )
 from .operations import Operation, OperationKind, OperationState
-from .system import AuditLog, Notification, SystemParameter
+from .system import (
+    AuditLog,
+    Notification,
+    NotificationMessage,
+    NotificationRoute,
+    NotificationSecret,
+    SystemParameter,
+)
 from .webhooks import WebhookDelivery, WebhookSource
 
 __all__ = [
@@ -28,6 +35,9 @@ __all__ = [
     "HostKey",
     "NotStored",
     "Notification",
+    "NotificationMessage",
+    "NotificationRoute",
+    "NotificationSecret",
     "Operation",
     "OperationKind",
     "OperationState",
