@@ -36,6 +36,7 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.winrm",
     "tests.fixtures.slapd",
+    "tests.fixtures.smtpd",
 ]
 
 

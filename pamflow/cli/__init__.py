@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import audit, inventory, operations, platform, reservations, vault, webhooks
+from . import audit, inventory, notifications, operations, platform, reservations, vault, webhooks
 
 app = typer.Typer(
     name="pamflow",
@@ -15,7 +15,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (platform, inventory, reservations, operations, webhooks, vault, audit):
+for module in (platform, inventory, reservations, operations, webhooks, vault, audit,
+               notifications):
     module.register(app)
 
 

@@ -151,13 +151,20 @@ def queue(
     now = now or utcnow()
     dedup = dedup_key_of(kind, ctx, key)
     window = repeat_window(db)
+    recent: dict[tuple[str, str, str], Notification] = db.info.setdefault(_RECENT, {})
     if window > 0:
-        earlier = db.exec(
-            select(Notification)
-            .where(col(Notification.tenant) == tenant, col(Notification.type) == kind.name,
-                   col(Notification.dedup_key) == dedup,
-                   col(Notification.created_at) >= now - timedelta(seconds=window))
-            .order_by(sa.desc(col(Notification.id))).limit(1)).first()
+        earlier = recent.get((tenant, kind.name, dedup))
+        if earlier is not None and (earlier.created_at is None
+                                    or earlier.created_at < now - timedelta(seconds=window)):
+            earlier = None
+        if earlier is None:
+            with db.no_autoflush:  # rows queued in this transaction are in ``recent``
+                earlier = db.exec(
+                    select(Notification)
+                    .where(col(Notification.tenant) == tenant, col(Notification.type) == kind.name,
+                           col(Notification.dedup_key) == dedup,
+                           col(Notification.created_at) >= now - timedelta(seconds=window))
+                    .order_by(sa.desc(col(Notification.id))).limit(1)).first()
         if earlier is not None:
             earlier.repeats += 1
             earlier.last_seen_at = now
@@ -186,21 +193,25 @@ def queue(
         created_at=now,
     )
     db.add(row)
+    recent[(tenant, kind.name, dedup)] = row
     _announce_after_commit(db)
     return row
 
 
 _PENDING = "pamflow.notification.pending"
+_RECENT = "pamflow.notification.recent"
 _LISTENING = "pamflow.notification.listening"
 
 
 def _after_commit(session: Any) -> None:
+    session.info.pop(_RECENT, None)
     if session.info.pop(_PENDING, False):
         emit_queued()
 
 
 def _after_rollback(session: Any) -> None:
     session.info.pop(_PENDING, None)
+    session.info.pop(_RECENT, None)
 
 
 def _announce_after_commit(db: Session) -> None:
