@@ -15,7 +15,7 @@ import quopri
 import smtplib
 import socket
 import ssl
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
@@ -58,7 +58,7 @@ class OutMessage:
 class Channel(Protocol):
     name: str
 
-    def send(self, msg: OutMessage) -> None: ...
+    def send(self, msg: OutMessage, before_data: Callable[[], None] | None = None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -124,7 +124,7 @@ def build_email(msg: OutMessage, from_address: str) -> bytes:
                  b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + _qp(msg.text))
     if not msg.html:
         return head.encode() + text_part
-    boundary = f"=_pamflow_{uuid.uuid4().hex}"  # "=_" never occurs in quoted-printable
+    boundary = f"=_pamflow_{msg.id}"  # "=_" never occurs in quoted-printable parts
     html_part = (b'Content-Type: text/html; charset="utf-8"\r\n'
                  b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + _qp(msg.html))
     sep = f"\r\n--{boundary}\r\n".encode()
@@ -190,13 +190,41 @@ class SmtpChannel:
         self.connections += 1
         return smtp
 
-    def send(self, msg: OutMessage) -> None:
+    def _transaction(self, smtp: smtplib.SMTP, rcpt: str, data: bytes,
+                     before_data: Callable[[], None] | None) -> None:
+        """MAIL, RCPT, then (once ``before_data`` returned: the previous message is
+        recorded) DATA — smtplib's ``sendmail`` split so the store's commit of the previous
+        message overlaps this message's first round trips."""
+        sender = self.settings.from_address
+        code, resp = smtp.mail(sender)
+        if code != 250:
+            smtp.rset()
+            raise smtplib.SMTPSenderRefused(code, resp, sender)
+        code, resp = smtp.rcpt(rcpt)
+        if code not in (250, 251):
+            smtp.rset()
+            raise smtplib.SMTPRecipientsRefused({rcpt: (code, resp)})
+        if before_data is not None:
+            try:
+                before_data()
+            except BaseException:
+                try:
+                    smtp.rset()
+                except (smtplib.SMTPException, OSError):
+                    pass
+                raise
+        code, resp = smtp.data(data)
+        if code != 250:
+            smtp.rset()
+            raise smtplib.SMTPDataError(code, resp)
+
+    def send(self, msg: OutMessage, before_data: Callable[[], None] | None = None) -> None:
         data = build_email(msg, self.settings.from_address)
         for attempt in (1, 2):
             if self._smtp is None:
                 self._smtp = self._connect()
             try:
-                self._smtp.sendmail(self.settings.from_address, [msg.recipient], data)
+                self._transaction(self._smtp, msg.recipient, data, before_data)
                 return
             except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 self._drop()
@@ -260,7 +288,9 @@ class SyslogChannel:
         self.timeout = timeout
         self._socks: dict[str, socket.socket] = {}
 
-    def send(self, msg: OutMessage) -> None:
+    def send(self, msg: OutMessage, before_data: Callable[[], None] | None = None) -> None:
+        if before_data is not None:
+            before_data()
         parts = urlsplit(msg.recipient)
         host, port = parts.hostname or "", parts.port or 514
         line = syslog_line(msg)
@@ -313,11 +343,13 @@ class WebhookChannel:
         self._client = httpx.Client(timeout=timeout, verify=tls_context(ca_file),
                                     follow_redirects=False)
 
-    def send(self, msg: OutMessage) -> None:
+    def send(self, msg: OutMessage, before_data: Callable[[], None] | None = None) -> None:
         import httpx
 
         from ..webhooks.signing import signed_headers
 
+        if before_data is not None:
+            before_data()
         if not msg.secret_ref:
             raise DeliveryError("webhook message without a signing secret", permanent=True)
         body = webhook_body(msg)

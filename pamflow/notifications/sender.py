@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -87,8 +88,22 @@ class DeliverReport:
                               "error": (error or "")[:200]})
 
 
+class MessageIds:
+    """Message-IDs for one planning pass: a fresh 96-bit random prefix and a counter (unique
+    without asking the OS for randomness per message)."""
+
+    def __init__(self, domain: str) -> None:
+        self.prefix = secrets.token_hex(12)
+        self.domain = domain
+        self.n = 0
+
+    def __call__(self) -> str:
+        self.n += 1
+        return f"<pamflow.{self.prefix}.{self.n}@{self.domain}>"
+
+
 def new_message_id(domain: str) -> str:
-    return f"<pamflow.{uuid.uuid4().hex}@{domain}>"
+    return MessageIds(domain)()
 
 
 # ----------------------------------------------------------------------------- planning
@@ -115,6 +130,7 @@ def plan(engine: Engine, extra_routes: Sequence[Route] = (), settings: SenderSet
         report.notifications = len(rows)
         routes = stored_routes(db) + list(extra_routes)
         directory = Directory(db)
+        ids = MessageIds(settings.message_domain)
         # (tenant, channel, address, type, secret_ref) -> notifications
         buckets: dict[tuple[str, str, str, str, str | None], list[Notification]] = defaultdict(list)
         parts: list[dict[str, Any]] = []
@@ -139,11 +155,13 @@ def plan(engine: Engine, extra_routes: Sequence[Route] = (), settings: SenderSet
         messages = []
         for (tenant, channel, address, type_name, secret_ref), group in buckets.items():
             messages.append(_message(tenant, channel, address, type_name, secret_ref, group,
-                                     settings, now))
+                                     settings, now, ids))
             if len(group) > 1:
                 report.grouped += len(group)
-        for values in messages + parts:
-            db.execute(sa.insert(_MSG).values(**values))
+        for values in parts:
+            values["message_id"] = ids()
+        if messages or parts:
+            db.execute(sa.insert(_MSG), messages + parts)
         report.messages = len(messages)
         report.digest_parts = len(parts)
         db.commit()
@@ -152,7 +170,7 @@ def plan(engine: Engine, extra_routes: Sequence[Route] = (), settings: SenderSet
 
 def _base(tenant: str, channel: str, address: str, type_name: str, severity: str,
           secret_ref: str | None, settings: SenderSettings, now: datetime) -> dict[str, Any]:
-    return {"message_id": new_message_id(settings.message_domain), "tenant": tenant,
+    return {"message_id": None, "tenant": tenant,
             "channel": channel, "recipient": address, "type": type_name, "severity": severity,
             "secret_ref": secret_ref, "attempts": 0, "next_attempt_at": now, "created_at": now}
 
@@ -162,24 +180,26 @@ def _repeat_note(n: Notification) -> str:
 
 
 def _message(tenant: str, channel: str, address: str, type_name: str, secret_ref: str | None,
-             group: list[Notification], settings: SenderSettings, now: datetime) -> dict[str, Any]:
+             group: list[Notification], settings: SenderSettings, now: datetime,
+             ids: MessageIds) -> dict[str, Any]:
     first = group[0]
     values = _base(tenant, channel, address, type_name, first.severity, secret_ref, settings, now)
+    values["message_id"] = ids()
     values["notification_ids"] = [n.id for n in group]
     if len(group) == 1:
         values.update(subject=first.subject + _repeat_note(first), text=first.body, html=first.html,
-                      state="pending")
+                      state="pending", sent_at=None)
         return values
     r = render_group(CATALOGUE[type_name], [n.subject + _repeat_note(n) for n in group], tenant,
                      listed=settings.group_listed)
-    values.update(subject=r.subject, text=r.text, html=r.html, state="pending")
+    values.update(subject=r.subject, text=r.text, html=r.html, state="pending", sent_at=None)
     return values
 
 
 def _part(n: Notification, channel: str, address: str, secret_ref: str | None,
           settings: SenderSettings, now: datetime) -> dict[str, Any]:
     values = _base(n.tenant, channel, address, n.type, n.severity, secret_ref, settings, now)
-    values.update(subject=n.subject + _repeat_note(n), text=n.body, html=None,
+    values.update(subject=n.subject + _repeat_note(n), text=n.body, html=None, sent_at=None,
                   notification_ids=[n.id], state="digest")
     return values
 
@@ -210,6 +230,7 @@ def plan_digest(engine: Engine, settings: SenderSettings | None = None,
                         for t, ps in sorted(by_type.items())]
             r = render_digest(sections, tenant)
             values = _base(tenant, channel, address, DIGEST_TYPE, "info", secret_ref, settings, now)
+            values["message_id"] = new_message_id(settings.message_domain)
             values.update(subject=r.subject, text=r.text, html=r.html, state="pending",
                           notification_ids=sorted({i for p in items for i in p.notification_ids}))
             db.execute(sa.insert(_MSG).values(**values))
@@ -251,11 +272,17 @@ def claim(engine: Engine, owner: str, limit: int, lease_s: float, now: datetime 
                        attempts=r.attempts) for r in rows]
 
 
+_SENT = (sa.update(_MSG)
+         .where(_MSG.c.id == sa.bindparam("mid"), _MSG.c.lease_owner == sa.bindparam("owner"),
+                _MSG.c.state == "pending")
+         .values(state="sent", sent_at=sa.bindparam("at"), attempts=_MSG.c.attempts + 1,
+                 lease_owner=None, lease_until=None, error=None))
+
+
 def mark_sent(db: Session, msg: OutMessage, owner: str, now: datetime | None = None) -> bool:
-    m = _MSG.c
-    done = db.execute(sa.update(_MSG).where(m.id == msg.id, m.lease_owner == owner, m.state == "pending")
-                      .values(state="sent", sent_at=now or utcnow(), attempts=m.attempts + 1,
-                              lease_owner=None, lease_until=None, error=None))
+    """Record one message as sent, in its own commit (a prepared Core statement: this runs
+    once per message, right after the server's 250)."""
+    done = db.connection().execute(_SENT, {"mid": msg.id, "owner": owner, "at": now or utcnow()})
     db.commit()
     return getattr(done, "rowcount", 0) == 1
 
@@ -329,6 +356,50 @@ def deliver(engine: Engine, channel_for: ChannelFactory, settings: SenderSetting
     return report
 
 
+class _Recorder:
+    """Records sent messages on its own connection and thread, one commit per message, so the
+    commit of message k overlaps the MAIL/RCPT round trips of message k+1. DATA of k+1 waits
+    until k is recorded: at most one message is ever accepted by a server and not yet
+    recorded, as without the overlap."""
+
+    def __init__(self, engine: Engine, owner: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.engine = engine
+        self.owner = owner
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-recorder")
+        self.conn: sa.Connection | None = None
+        self.pending: Any = None  # Future[bool] of the last message handed over
+
+    def _record(self, msg: OutMessage) -> bool:
+        if self.conn is None:
+            self.conn = self.engine.connect()
+        done = self.conn.execute(_SENT, {"mid": msg.id, "owner": self.owner, "at": utcnow()})
+        self.conn.commit()
+        return getattr(done, "rowcount", 0) == 1
+
+    def submit(self, msg: OutMessage) -> Any:
+        self.wait()
+        self.pending = self.pool.submit(self._record, msg)
+        return self.pending
+
+    def wait(self) -> None:
+        """Block until the last handed-over message is recorded (raises if that failed)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            def _close() -> None:
+                if self.conn is not None:
+                    self.conn.close()
+            self.pool.submit(_close).result()
+            self.pool.shutdown()
+
+
 def _send_all(db: Session, name: str, msgs: list[OutMessage], channel_for: ChannelFactory,
               opened: dict[str, Channel], settings: SenderSettings, owner: str,
               report: DeliverReport, should_stop: Callable[[], bool],
@@ -342,26 +413,38 @@ def _send_all(db: Session, name: str, msgs: list[OutMessage], channel_for: Chann
         for msg in msgs:
             _failed(db, msg, owner, err, settings, report)
         return
-    for i, msg in enumerate(msgs):
-        if should_stop():
-            return
-        try:
-            channel.send(msg)
-        except DeliveryError as err:
-            _failed(db, msg, owner, err, settings, report)
-            if err.connection:  # the channel is down: the rest of the batch fails the same way
-                for rest in msgs[i + 1:]:
-                    _failed(db, rest, owner, err, settings, report)
+    recorder = _Recorder(db.get_bind(), owner)  # type: ignore[arg-type]
+    try:
+        for i, msg in enumerate(msgs):
+            if should_stop():
                 return
-            continue
-        if mark_sent(db, msg, owner):
+            try:
+                channel.send(msg, before_data=recorder.wait)
+            except DeliveryError as err:
+                recorder.wait()
+                _failed(db, msg, owner, err, settings, report)
+                if err.connection:  # the channel is down: the rest of the batch fails the same way
+                    for rest in msgs[i + 1:]:
+                        _failed(db, rest, owner, err, settings, report)
+                    return
+                continue
+            future = recorder.submit(msg)
             report.sent += 1
             report.by_channel[name] = report.by_channel.get(name, 0) + 1
             report.add_row(msg, "sent")
             if on_sent is not None:
                 on_sent(msg)
-        else:  # our lease was taken over (we were too slow): the other sender owns it now
+            future.add_done_callback(_lease_lost(msg))
+    finally:
+        recorder.close()
+
+
+def _lease_lost(msg: OutMessage) -> Callable[[Any], None]:
+    def check(future: Any) -> None:
+        if future.exception() is None and not future.result():
+            # our lease was taken over (we were too slow): the other sender owns it now
             log.warning("message %s was sent but its lease had passed to another sender", msg.id)
+    return check
 
 
 def _failed(db: Session, msg: OutMessage, owner: str, err: DeliveryError, settings: SenderSettings,
