@@ -130,6 +130,56 @@ def resend_cmd(
         raise typer.Exit(1)
 
 
+@notifications_app.command("bulk")
+def bulk(
+    recipients: list[str] = typer.Argument(..., help="user:NAME, group:NAME or addresses."),
+    title: str = typer.Option(..., help="The subject (one line, at most 200 characters)."),
+    tenant: str = typer.Option("default"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Bulk mail: queue one message, read from standard input (UTF-8, at most 64 KiB), to
+    users, groups or addresses; the email sender delivers it (one mail per address)."""
+    import uuid
+
+    from pamflow import audit, db, notifications
+    from pamflow.notifications.routing import Route, RouteError, validate
+
+    from .common import actor
+
+    if not title.strip() or len(title) > 200 or any(ord(c) < 32 for c in title):
+        fail("--title: one line of 1-200 characters", code=2)
+    for r in recipients:
+        try:
+            validate(Route(match="Bulk mail", recipient=r, tenant=tenant))
+        except RouteError as exc:
+            fail(str(exc), code=2)
+    raw = sys.stdin.buffer.read(64 * 1024 + 1) if hasattr(sys.stdin, "buffer") else \
+        sys.stdin.read(64 * 1024 + 1).encode()
+    if len(raw) > 64 * 1024:
+        fail("the message is longer than 64 KiB", code=2)
+    try:
+        message = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        fail("the message is not UTF-8", code=2)
+    if not message:
+        fail("the message (standard input) is empty", code=2)
+    with db.session() as s:
+        try:
+            row = notifications.queue(s, "Bulk mail", context={"title": title, "message": message},
+                                      recipients=recipients, tenant=tenant, key=uuid.uuid4().hex)
+        except ValueError as exc:
+            fail(str(exc), code=2)
+        s.flush()
+        audit.record(s, actor(), "notification.bulk", "notification", row.id,
+                     {"recipients": recipients[:100], "title": title})
+        s.commit()
+        nid = row.id
+    if as_json:
+        json_line({"notification_id": nid, "recipients": recipients})
+        return
+    typer.echo(f"bulk mail queued as notification {nid} for {len(recipients)} recipient(s)")
+
+
 @notifications_app.command("types")
 def types(
     family: str = typer.Option(None, help="Only this family."),
