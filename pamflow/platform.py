@@ -244,7 +244,11 @@ def ensure_work_pool(api_url: str, name: str = WORK_POOL) -> None:
         run_prefect(["work-pool", "create", name, "--type", "process"], api_url)
 
 
-BLOCK_MODULES = ("blocks.password_policy", "blocks.syslog_target")
+BLOCK_MODULES = (
+    "blocks.password_policy",
+    "blocks.syslog_target",
+    "blocks.notification_routing",
+)
 
 
 def register_blocks(api_url: str) -> None:

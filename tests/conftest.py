@@ -17,6 +17,7 @@ os.environ.update(
         "PAMFLOW_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
         "PREFECT_HOME": str(_HOME / "prefect-client"),
         "PREFECT_LOGGING_LEVEL": "INFO",
+        "PAMFLOW_NOTIFICATIONS_STRICT": "1",  # a template missing a variable fails the test
     }
 )
 os.environ.pop("PAMFLOW_DATABASE_URL", None)
@@ -35,6 +36,7 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.winrm",
     "tests.fixtures.slapd",
+    "tests.fixtures.smtpd",
 ]
 
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_LAYER = ("prefect", "flows", "tasks", "blocks")
+# the platform's launchers: the CLI, and the embedded Prefect server's entry point (it runs
+# Prefect's own server with pamflow's SQLite settings, so it is Prefect's layer by nature)
+PLATFORM_MODULES = ("pamflow.cli", "pamflow.prefect_server")
 
 
 def _module_name(path: Path) -> str:
@@ -20,7 +23,8 @@ def _module_name(path: Path) -> str:
 
 def _domain_modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted((ROOT / "pamflow").rglob("*.py"))
-            if "migrations" not in p.parts and "cli" not in p.parts}
+            if "migrations" not in p.parts
+            and not _module_name(p).startswith(PLATFORM_MODULES)}
 
 
 def _imports(path: Path, module: str, *, top_level_only: bool) -> set[str]:

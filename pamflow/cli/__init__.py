@@ -6,7 +6,17 @@ import sys
 
 import typer
 
-from . import alerts, audit, inventory, operations, platform, reservations, vault, webhooks
+from . import (
+    alerts,
+    audit,
+    inventory,
+    notifications,
+    operations,
+    platform,
+    reservations,
+    vault,
+    webhooks,
+)
 
 app = typer.Typer(
     name="pamflow",
@@ -15,7 +25,18 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (platform, inventory, reservations, operations, webhooks, vault, audit, alerts):
+COMMAND_MODULES = (
+    platform,
+    inventory,
+    reservations,
+    operations,
+    webhooks,
+    vault,
+    audit,
+    alerts,
+    notifications,
+)
+for module in COMMAND_MODULES:
     module.register(app)
 
 

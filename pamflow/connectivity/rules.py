@@ -155,17 +155,7 @@ def load_targets(engine: Engine, first_id: int | None = None, last_id: int | Non
 
 def _notify(db: Session, kind: str, device: dict, result: DeviceResult, maintenance: bool) -> None:
     target = result.target
-    ports = ", ".join(str(p) for p in target.ports) or "none"
-    if kind == LOST:
-        subject = f"Lost of connectivity: {target.name} ({target.address})"
-        body = (f"Device {target.name} ({target.address}) no longer answers on its configured "
-                f"ports ({ports}): {result.reason}. Checked at {result.checked_at.isoformat()}.")
-        action = "connectivity.lost"
-    else:
-        subject = f"Connectivity restored: {target.name} ({target.address})"
-        body = (f"Device {target.name} ({target.address}) answers again on its configured ports "
-                f"({ports}): {result.detail()}. Checked at {result.checked_at.isoformat()}.")
-        action = "connectivity.restored"
+    action = "connectivity.lost" if kind == LOST else "connectivity.restored"
     context = {
         "device_id": target.device_id,
         "device": target.name,
@@ -177,7 +167,8 @@ def _notify(db: Session, kind: str, device: dict, result: DeviceResult, maintena
         "previous": device["connectivity"],
     }
     if not maintenance:
-        notifications.queue(db, kind, subject, body, context)
+        notifications.queue(db, kind, context=context, key=f"device:{target.device_id}",
+                            tenant=device.get("tenant") or "default")
     audit.record(db, ACTOR, action, "device", target.device_id,
                  {"from": device["connectivity"], "to": result.connectivity,
                   "reason": result.reason, "ports": list(target.ports),

@@ -299,15 +299,9 @@ def _finish_changes(ctx: Context, works: Sequence[Work], recovered: bool = False
                                    step="promoted")
             activation = w.kind == OperationKind.activate
             done = "Activation executed" if activation else "Change Executed"
-            verb = "activated on" if activation else "changed on"
-            notifications.queue(db, done, f"{done}: {w.username} on {w.device}",
-                                f"The password of {w.username} was {verb} {w.device}"
-                                f"{' (recovered after an interruption)' if recovered else ''}.",
-                                w.context())
+            notifications.queue(db, done, context={**w.context(), "recovered": bool(recovered)})
             notifications.queue(db, "Password changed",
-                                f"Password changed: {w.username} on {w.device}",
-                                f"Operation {w.op_id} set a new password for {w.username} on "
-                                f"{w.device}; it was verified by logging in.", w.context())
+                                context={**w.context(), "situation": "rotated"})
             audit.record(db, ctx.actor, f"credential.{w.kind}", "credential", w.credential_id,
                          {**w.context(), "secret_version": cred.secret_version,
                           "recovered": recovered})

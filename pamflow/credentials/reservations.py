@@ -288,12 +288,10 @@ def cancel(engine: Engine, reservation_id: int, *, actor: str, tenant: str | Non
         detail = {"credential_id": res.credential_id, "was": was, "end_change": change}
         audit.record(db, actor, "reservation.cancel", "password_reservation", res.id, detail)
         who = f"{made.account} on {made.device}"
-        tail = "; a password change was queued" if change else ""
-        notifications.queue(db, "Password reservation", f"Password reservation cancelled: {who}",
-                            f"Reservation {res.id} of {who} by {res.requested_by} was cancelled "
-                            f"by {actor}{tail}.",
-                            {"reservation_id": res.id, "credential_id": res.credential_id,
-                             "phase": "cancel", "change_queued": change})
+        notifications.queue(db, "Password reservation", context={
+            "reservation_id": res.id, "credential_id": res.credential_id, "who": who,
+            "requested_by": res.requested_by, "cancelled_by": actor, "phase": "cancel",
+            "change_queued": change}, tenant=dev.tenant if dev else None)
         db.commit()
     op_id, joined = None, False
     if change:

@@ -198,11 +198,9 @@ def queue_change_reminders(engine: Engine, *, days_before: int = 7, now: datetim
                 continue
             days = max(0, (due - now).days)
             reminder = Reminder(row_id(cred), row_id(dev), dev.name, cred.username, due.isoformat())
-            context = asdict(reminder)
-            notifications.queue(db, "Password change reminder",
-                                f"Password change reminder: {cred.username} on {dev.name}",
-                                f"The password of {cred.username} on {dev.name} is due to change "
-                                f"on {due:%Y-%m-%d %H:%M} UTC (in {days} day(s)).", context)
+            context = {**asdict(reminder), "due": f"{due:%Y-%m-%d %H:%M}", "days": days}
+            notifications.queue(db, "Password change reminder", context=context,
+                                tenant=dev.tenant)
             cred.reminder_sent_at = now
             db.add(cred)
             sent.append(reminder)
@@ -260,12 +258,8 @@ def process_reservations(engine: Engine, *, now: datetime | None = None,
                 event = ReservationEvent(row_id(res), res.credential_id, res.requested_by, phase,
                                          bool(change and cred is not None))
                 context = asdict(event)
-                verb = "started" if phase == "start" else "ended"
-                tail = "; a password change was queued" if event.change_queued else ""
-                notifications.queue(db, "Password reservation",
-                                    f"Password reservation {verb}: {who}",
-                                    f"Reservation {res.id} of {who} by {res.requested_by} "
-                                    f"{verb}{tail}.", context)
+                notifications.queue(db, "Password reservation", context={**context, "who": who},
+                                    tenant=dev.tenant if dev else None)
                 audit.record(db, actor, f"reservation.{phase}", "password_reservation", res.id,
                              context)
                 events.append(event)

@@ -174,16 +174,12 @@ def settle(ctx: Context, works: Sequence[Work]) -> dict[int, str]:
                          {**w.context(), "true_secret": res, "status": cred.status})
             if res == "invalid" and not was_invalid:
                 notifications.queue(db, "Invalid password",
-                                    f"Invalid password: {w.username} on {w.device}",
-                                    f"Reconciliation found that no recorded password of "
-                                    f"{w.username} on {w.device} logs in.", w.context())
+                                    context={**w.context(), "situation": "reconcile"})
             elif res == "reconcile" or used_pending or res.startswith("unconfirmed:"):
                 how = {"reconcile": "set through the reconcile account",
                        "pending": "the pending password"}.get(res, "a password set aside earlier")
                 notifications.queue(db, "Password changed",
-                                    f"Password changed: {w.username} on {w.device}",
-                                    f"Reconciliation recorded the password of {w.username} on "
-                                    f"{w.device}: {how} (operation {w.op_id}).", w.context())
+                                    context={**w.context(), "situation": "reconciled", "how": how})
         db.commit()
     _log_lost(ctx, works, held, "reconcile")
     return outcomes
@@ -248,24 +244,18 @@ def run_verifies(ctx: Context, ops: Sequence[Operation]) -> None:
                 cred.status_detail = "Invalid password: the recorded password does not log in"
                 cred.updated_at = now
                 notifications.queue(db, "Invalid password",
-                                    f"Invalid password: {w.username} on {w.device}",
-                                    f"The recorded password of {w.username} on {w.device} was "
-                                    "refused by the target"
-                                    + ("; reconciliation will set it through the reconcile "
-                                       "account." if w.reconciler is not None else "."),
-                                    w.context())
+                                    context={**w.context(), "situation": "verify",
+                                             "reconcile_next": w.reconciler is not None})
             db.add(cred)
             opqueue.mark_succeeded(db, op, {"valid": bool(res)}, step="verified")
             audit.record(db, ctx.actor, "credential.verify", "credential", w.credential_id,
                          {**w.context(), "valid": bool(res)})
         if confirmed:
-            names = ", ".join(f"{w.username}@{w.device}" for w in confirmed[:50])
-            more = f" and {len(confirmed) - 50} more" if len(confirmed) > 50 else ""
-            notifications.queue(db, "Password confirmed",
-                                f"Password confirmed: {len(confirmed)} credential(s)",
-                                f"The recorded passwords of {names}{more} log in.",
-                                {"credential_ids": [w.credential_id for w in confirmed][:500],
-                                 "operation_ids": [w.op_id for w in confirmed][:500]})
+            notifications.queue(db, "Password confirmed", context={
+                "count": len(confirmed),
+                "credentials": [f"{w.username}@{w.device}" for w in confirmed[:50]],
+                "credential_ids": [w.credential_id for w in confirmed][:500],
+                "operation_ids": [w.op_id for w in confirmed][:500]})
         db.commit()
     _fail_works(ctx, failures)
 
@@ -339,18 +329,11 @@ def verify_candidates(ctx: Context, works: Sequence[Work]) -> list[Work]:
                         cred.expires_at = now + timedelta(days=cred.change_interval_days)
                     _mark_ok(cred, now, "imported password verified by logging in")
                     notifications.queue(db, "Password changed",
-                                        f"Password changed: {w.username} on {w.device}",
-                                        f"The imported password of {w.username} on {w.device} "
-                                        "logs in; it is now the recorded password (the previous "
-                                        "one is kept in history).", w.context())
+                                        context={**w.context(), "situation": "imported"})
                 else:
                     cred.updated_at = now
                     notifications.queue(db, "Invalid password",
-                                        f"Invalid password: imported password of {w.username} on "
-                                        f"{w.device}",
-                                        f"The password imported for {w.username} on {w.device} "
-                                        "was refused by the target; it was discarded and the "
-                                        "recorded password is kept.", w.context())
+                                        context={**w.context(), "situation": "imported"})
                 cred.candidate_secret = None
                 db.add(cred)
                 audit.record(db, ctx.actor, f"credential.import_{outcome}", "credential",
@@ -403,10 +386,7 @@ def _close_settled(ctx: Context, works: Sequence[Work], outcomes: dict[int, str]
             if op is not None:
                 opqueue.mark_succeeded(db, op, {"true_secret": res}, step="reconciled")
             if res == "current" and w.kind in (OperationKind.verify, OperationKind.reconcile):
-                notifications.queue(db, "Password confirmed",
-                                    f"Password confirmed: {w.username} on {w.device}",
-                                    f"The recorded password of {w.username} on {w.device} "
-                                    "logs in.", w.context())
+                notifications.queue(db, "Password confirmed", context=w.context())
         db.commit()
     _fail_works(ctx, failures)
 

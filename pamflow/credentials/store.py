@@ -47,8 +47,7 @@ def _notify_failure(db: Session, kind: str, w_ctx: dict, error: str) -> None:
     name = "Error on activation" if kind == OperationKind.activate else "Error on change"
     if kind in (OperationKind.verify, OperationKind.reconcile):
         name = "Error on change"
-    who = f"{w_ctx.get('account') or 'unknown account'} on {w_ctx.get('device') or 'unknown device'}"
-    notifications.queue(db, name, f"{name}: {who}", error, w_ctx)
+    notifications.queue(db, name, context={**w_ctx, "error": error})
 
 
 def _hold(db: Session, ctx: Context, works: Sequence[Work], step: str | None = None,

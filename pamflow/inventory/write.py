@@ -639,16 +639,8 @@ def finish_import(sheet: Sheet, outcome: ChunkOutcome, engine: Engine | None = N
     name = Path(sheet.path).name
     with db.session(engine) as s:
         audit.record(s, actor, "import", "import_file", name, {"path": sheet.path, **figures})
-        body = (f"Import of {name} ({sheet.format}) for tenant {sheet.tenant} finished: "
-                f"{result.rows} rows, {result.created} created, {result.updated} updated, "
-                f"{result.unchanged} unchanged, {result.rejected} rejected.")
-        if result.imports_to_verify:
-            body += (f"\n{result.imports_to_verify} imported password(s) differ from the recorded "
-                     "ones: each is adopted only after a verify logs in with it.")
-        if result.error_file:
-            body += f"\nRejected rows are listed in {result.error_file}."
-        notifications.queue(s, "Batch import finished", f"Batch import finished: {name}", body,
-                            {"file": name, **figures})
+        notifications.queue(s, "Batch import finished", context={
+            "file": name, **figures})
         s.commit()
     return result
 
@@ -663,9 +655,8 @@ def record_failed_import(path: str | Path, reason: str, engine: Engine | None = 
     with db.session(engine) as s:
         audit.record(s, actor, "import_failed", "import_file", name,
                      {"path": shown, "tenant": tenant, "reason": reason})
-        notifications.queue(s, "Batch import finished", f"Batch import failed: {name}",
-                            f"Import of {name} failed, nothing was imported: {reason}",
-                            {"file": name, "failed": True, "tenant": tenant})
+        notifications.queue(s, "Batch import finished", context={
+            "file": name, "failed": True, "reason": reason, "tenant": tenant or "default"})
         s.commit()
 
 

@@ -13,7 +13,15 @@ from .inventory import (
     PasswordReservation,
 )
 from .operations import Operation, OperationKind, OperationState
-from .system import AuditLog, DutyState, Notification, SystemParameter
+from .system import (
+    AuditLog,
+    DutyState,
+    Notification,
+    NotificationMessage,
+    NotificationRoute,
+    NotificationSecret,
+    SystemParameter,
+)
 from .webhooks import WebhookDelivery, WebhookSource
 
 __all__ = [
@@ -33,6 +41,9 @@ __all__ = [
     "HostKey",
     "NotStored",
     "Notification",
+    "NotificationMessage",
+    "NotificationRoute",
+    "NotificationSecret",
     "Operation",
     "OperationKind",
     "OperationState",

@@ -66,6 +66,13 @@ EVENT_SCHEMAS: dict[str, EventSchema] = {
         description="An operation (change, verify, reconcile...) was queued; `operation_id` "
                     "is its row in the store.",
     ),
+    "pam.notification.queued": EventSchema(
+        robot="email-sender",
+        fields={},
+        description="Notifications were queued (pamflow's robots emit it when their "
+                    "transaction commits); the email sender starts and sends all queued "
+                    "emails. No payload is needed.",
+    ),
     "pam.reservation.requested": EventSchema(
         robot="password-reservation-request",
         fields={"credential_id": Field(int),

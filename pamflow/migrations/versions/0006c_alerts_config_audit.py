@@ -9,7 +9,7 @@ import sqlmodel  # noqa: F401
 from alembic import op
 
 revision = "0006c"
-down_revision = "0003"
+down_revision = "0005n"
 branch_labels = None
 depends_on = None
 
