@@ -1,7 +1,15 @@
 """The domain store's tables. Import from here: ``from pamflow.models import Device``."""
 
 from ._base import NotStored, row_id, table_of, utcnow
-from .activity import AccessGroup, AccessGroupMember, Certificate, Session, SessionEvent, User
+from .activity import (
+    AccessGroup,
+    AccessGroupMember,
+    Certificate,
+    DirectorySyncState,
+    Session,
+    SessionEvent,
+    User,
+)
 from .inventory import (
     Connectivity,
     Credential,
@@ -25,6 +33,7 @@ __all__ = [
     "CredentialHistory",
     "CredentialStatus",
     "Device",
+    "DirectorySyncState",
     "HostKey",
     "NotStored",
     "Notification",

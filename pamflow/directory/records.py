@@ -1,0 +1,212 @@
+"""Turning raw directory entries into records, strictly: an entry whose mapped values are
+not valid UTF-8, hold control characters or exceed the length limit is *rejected* with the
+reason (and its DN), never half-read. Names are just names: nothing read here is ever put
+into a filter or a DN without escaping."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from .ldap import Entry
+from .settings import DirectorySettings
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_GENERALIZED_TIME = re.compile(r"^\d{14}(?:[.,]\d{1,6})?Z$")
+_USN = re.compile(r"^\d{1,20}$")
+MAX_DN = 4096
+
+
+class Rejected(Exception):  # noqa: N818 - internal signal, never leaves this package
+    """An entry that cannot be taken as it is; ``reason`` says why."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    dn: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"dn": self.dn, "reason": self.reason}
+
+
+@dataclass
+class UserRecord:
+    external_id: str
+    dn: str
+    username: str
+    email: str | None
+    display_name: str | None
+    disabled: bool = False
+
+
+@dataclass
+class GroupRecord:
+    external_id: str
+    dn: str
+    name: str
+    description: str | None
+    members: list[str] = field(default_factory=list)  # member DNs, normalised (see dn_key)
+
+
+@dataclass
+class ComputerRecord:
+    external_id: str
+    dn: str
+    name: str
+    address: str | None
+    operating_system: str | None
+
+
+def shown_dn(entry: Entry) -> str:
+    """The DN for a message: printable, at most 300 characters."""
+    return _CONTROL.sub("?", entry.dn)[:300]
+
+
+def dn_key(dn: str) -> str:
+    """A DN normalised for comparison (case and spaces around separators)."""
+    from ldap3.utils.dn import safe_dn
+
+    try:
+        return safe_dn(dn).lower()
+    except Exception:  # noqa: BLE001 - a DN ldap3 cannot parse: compare it as sent
+        return dn.strip().lower()
+
+
+def text(entry: Entry, attribute: str | None, what: str, limit: int, *,
+         required: bool = False, control_ok: bool = False) -> str | None:
+    """The first value of ``attribute`` as text, or None; Rejected when it is not UTF-8,
+    holds control characters, or is longer than ``limit``."""
+    values = entry.values(attribute) if attribute else []
+    if not values or values[0] in (b"", None):
+        if required:
+            raise Rejected(f"no {what} ({attribute})")
+        return None
+    raw = values[0]
+    if isinstance(raw, str):
+        value = raw
+    else:
+        try:
+            value = bytes(raw).decode("utf-8", errors="strict")
+        except UnicodeDecodeError:
+            raise Rejected(f"{what} ({attribute}) is not valid UTF-8") from None
+    if len(value) > limit:
+        raise Rejected(f"{what} ({attribute}) is {len(value)} characters, more than the "
+                       f"limit of {limit}")
+    if not control_ok and _CONTROL.search(value):
+        raise Rejected(f"{what} ({attribute}) contains control characters")
+    value = value.strip()
+    if required and not value:
+        raise Rejected(f"{what} ({attribute}) is empty")
+    return value or None
+
+
+def external_id(entry: Entry, settings: DirectorySettings) -> str:
+    """The entry's stable id: ``entryUUID`` (text) or ``objectGUID`` (16 bytes, shown as a
+    UUID); the normalised DN when the directory sends neither."""
+    attribute = settings.default("id_attribute")
+    values = entry.values(attribute)
+    if values:
+        raw = values[0]
+        if settings.kind == "ad" and isinstance(raw, bytes | bytearray) and len(raw) == 16:
+            return str(uuid.UUID(bytes_le=bytes(raw)))
+        found = text(entry, attribute, "id", 64)
+        if found:
+            return found.lower()
+    if len(entry.dn) > MAX_DN:
+        raise Rejected(f"DN is longer than {MAX_DN} characters")
+    return "dn:" + dn_key(entry.dn)
+
+
+def mark(entry: Entry, settings: DirectorySettings) -> str | None:
+    """The entry's change mark (``modifyTimestamp`` / ``uSNChanged``), if well formed."""
+    attribute = settings.default("mark_attribute")
+    try:
+        value = text(entry, attribute, "change mark", 40)
+    except Rejected:
+        return None
+    if value is None:
+        return None
+    pattern = _USN if settings.kind == "ad" else _GENERALIZED_TIME
+    return value if pattern.fullmatch(value) else None
+
+
+def later(a: str | None, b: str | None, kind: str) -> str | None:
+    """The later of two marks of ``kind`` (None is earliest)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if kind == "ad":
+        return a if int(a) >= int(b) else b
+    return a if a >= b else b
+
+
+def valid_mark(value: str | None, kind: str) -> str | None:
+    """A stored mark, if it is well formed (it goes into a filter): else None (full run)."""
+    if value is None:
+        return None
+    pattern = _USN if kind == "ad" else _GENERALIZED_TIME
+    return value if pattern.fullmatch(value) else None
+
+
+def user_record(entry: Entry, settings: DirectorySettings) -> UserRecord:
+    m = settings.mapping("users")
+    limit = settings.max_value_length
+    if len(entry.dn) > MAX_DN:
+        raise Rejected(f"DN is longer than {MAX_DN} characters")
+    username = text(entry, m.get("username"), "username", min(limit, 255), required=True)
+    assert username is not None
+    disabled = False
+    control = text(entry, m.get("account_control"), "account control", 20)
+    if control:
+        try:
+            disabled = bool(int(control) & 0x2)  # ACCOUNTDISABLE
+        except ValueError:
+            raise Rejected(f"account control ({m.get('account_control')}) is not a number") from None
+    return UserRecord(external_id=external_id(entry, settings), dn=entry.dn, username=username,
+                      email=text(entry, m.get("email"), "email", min(limit, 320)),
+                      display_name=text(entry, m.get("display_name"), "display name", limit),
+                      disabled=disabled)
+
+
+MAX_MEMBERS = 100_000
+
+
+def group_record(entry: Entry, settings: DirectorySettings) -> GroupRecord:
+    m = settings.mapping("groups")
+    limit = settings.max_value_length
+    if len(entry.dn) > MAX_DN:
+        raise Rejected(f"DN is longer than {MAX_DN} characters")
+    name = text(entry, m.get("name"), "group name", min(limit, 255), required=True)
+    assert name is not None
+    members: list[str] = []
+    raw_members = entry.values(m["member"]) if m.get("member") else []
+    if len(raw_members) > MAX_MEMBERS:
+        raise Rejected(f"{len(raw_members)} members, more than {MAX_MEMBERS}")
+    for raw in raw_members:
+        try:
+            value = bytes(raw).decode("utf-8") if not isinstance(raw, str) else raw
+        except UnicodeDecodeError:
+            raise Rejected(f"a member ({m['member']}) is not valid UTF-8") from None
+        if len(value) > MAX_DN:
+            raise Rejected(f"a member DN is longer than {MAX_DN} characters")
+        members.append(dn_key(value))
+    return GroupRecord(external_id=external_id(entry, settings), dn=entry.dn, name=name,
+                       description=text(entry, m.get("description"), "description", limit,
+                                        control_ok=True),
+                       members=members)
+
+
+def computer_record(entry: Entry, settings: DirectorySettings) -> ComputerRecord:
+    m = settings.mapping("computers")
+    limit = settings.max_value_length
+    if len(entry.dn) > MAX_DN:
+        raise Rejected(f"DN is longer than {MAX_DN} characters")
+    name = text(entry, m.get("name"), "computer name", min(limit, 255), required=True)
+    assert name is not None
+    return ComputerRecord(external_id=external_id(entry, settings), dn=entry.dn, name=name,
+                          address=text(entry, m.get("address"), "address", min(limit, 255)),
+                          operating_system=text(entry, m.get("operating_system"),
+                                                "operating system", limit, control_ok=True))
