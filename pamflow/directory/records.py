@@ -64,14 +64,54 @@ def shown_dn(entry: Entry) -> str:
     return _CONTROL.sub("?", entry.dn)[:300]
 
 
-def dn_key(dn: str) -> str:
-    """A DN normalised for comparison (case and spaces around separators)."""
-    from ldap3.utils.dn import safe_dn
+_ESCAPE = re.compile(r"\\([0-9A-Fa-f]{2})|\\(.)", re.S)
 
-    try:
-        return safe_dn(dn).lower()
-    except Exception:  # noqa: BLE001 - a DN ldap3 cannot parse: compare it as sent
-        return dn.strip().lower()
+
+def _unescape(value: str) -> str:
+    """An RDN value without its escapes (``\\2C`` and ``\\,`` both become ``,``)."""
+    raw = bytearray()
+    pos = 0
+    for m in _ESCAPE.finditer(value):
+        raw += value[pos:m.start()].encode()
+        raw += bytes([int(m.group(1), 16)]) if m.group(1) else m.group(2).encode()
+        pos = m.end()
+    raw += value[pos:].encode()
+    return raw.decode("utf-8", errors="replace")
+
+
+def _split(text: str, seps: str) -> list[tuple[str, str]]:
+    """``text`` split at unescaped ``seps``: (part, the separator after it)."""
+    parts, current, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            current.append(text[i:i + 2])
+            i += 2
+            continue
+        if ch in seps:
+            parts.append(("".join(current), ch))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append(("".join(current), ""))
+    return parts
+
+
+def dn_key(dn: str) -> str:
+    """A DN normalised for comparison: attribute names and values lowercased, escapes
+    resolved (a directory may answer ``\\3D`` for the ``\\=`` it was given), spaces
+    around separators dropped. Never raises: anything is a key."""
+    from ldap3.utils.dn import escape_rdn
+
+    out = []
+    for ava, sep in _split(dn, ",+"):
+        attr, eq, value = ava.partition("=")
+        if not eq:
+            out.append(ava.strip().lower() + sep)
+            continue
+        out.append(f"{attr.strip().lower()}={escape_rdn(_unescape(value.strip()).lower())}{sep}")
+    return "".join(out)
 
 
 def text(entry: Entry, attribute: str | None, what: str, limit: int, *,
