@@ -133,9 +133,9 @@ def plan_mode(engine: Engine, settings: DirectorySettings, full: bool,
     marks = {k: valid_mark(s.mark, settings.kind) for k, s in states.items()}
     last_full = states["users"].last_full_at
     stale = last_full is None or now - last_full > timedelta(hours=settings.full_every_hours)
-    if full or stale or None in marks.values():
+    if full or stale or marks["users"] is None:
         return "full", {"users": None, "groups": None}
-    return "incremental", marks
+    return "incremental", marks  # a kind without a mark (no groups yet) is read whole
 
 
 # -- read ------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def read_directory(engine: Engine, settings: DirectorySettings, password: str | 
             listed_before = conn.stats.entries
             if mode == "incremental":
                 users.present = _list_ids(conn, settings, "users")
-                if settings.group_base:
+                if settings.group_base and groups.present is None:
                     groups.present = _list_ids(conn, settings, "groups")
             result = DirectoryRead(settings.name, settings.tenant, mode, since, users, groups,
                                    kind=settings.kind)
