@@ -36,6 +36,7 @@ _WRITES = re.compile(
     r"set|reset|listen|notify|prepare|commit|rollback|begin|savepoint|into|for\s+update|"
     r"for\s+share|pg_\w*|lo_\w*|dblink\w*)\b", re.I)
 DIALECTS = ("postgresql", "sqlite")
+FIELDS = ("external_id", "name", "address", "platform", "site", "ports", "operating_system")
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class DatabaseSettings:
     timeout: float = 60.0
 
     def mapping(self) -> dict[str, str]:
-        out = {"external_id": "external_id", "name": "name", "address": "address",
-               "platform": "", "site": "", "ports": "", "operating_system": ""}
+        """Field → result column: each field defaults to a column of its own name (the
+        optional ones — platform, site, ports, operating_system — are used when present)."""
+        out = {k: k for k in FIELDS}
         out.update(self.columns or {})
         return {k: v for k, v in out.items() if v}
 
@@ -75,8 +77,7 @@ class DatabaseSettings:
         if url.get_backend_name() not in DIALECTS:
             raise DirectorySettingsError(f"{where}: {url.get_backend_name()} is not supported "
                                          f"(read-only is enforced for {', '.join(DIALECTS)})")
-        unknown = set(self.columns or {}) - {"external_id", "name", "address", "platform",
-                                             "site", "ports", "operating_system"}
+        unknown = set(self.columns or {}) - set(FIELDS)
         if unknown:
             raise DirectorySettingsError(f"{where}: unknown column mapping {sorted(unknown)}")
         check_query(self.query, where)
@@ -214,6 +215,7 @@ def read_database(settings: DatabaseSettings, password: str | None
             if missing:
                 raise DeviceDatabaseError(f"{where}: the query's result has no column "
                                           f"{', '.join(missing)} (it has {', '.join(columns)[:300]})")
+            mapping = {k: c for k, c in mapping.items() if c in columns}
             row_no = 0
             while True:
                 rows = result.mappings().fetchmany(1000)
