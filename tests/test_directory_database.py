@@ -56,7 +56,9 @@ def devices(store, origin: str | None = None) -> dict[str, Device]:
                 if origin is None or (d.settings or {}).get("origin") == origin}
 
 
-def test_postgresql_import_upsert_and_removal(store, cmdb):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_postgresql_import_upsert_and_removal(backend, request, cmdb):
+    store = request.getfixturevalue(backend)
     engine, url = cmdb
     st = DatabaseSettings(name="cmdb", url=url, query=QUERY).check()
     first = import_database(store, st, None)

@@ -218,7 +218,9 @@ def test_tls_verified_by_default_cleartext_warned(store, corp, caplog):
             settings_for(corp, **bad)
 
 
-def test_local_users_and_groups_are_never_taken_over(store, corp):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_local_users_and_groups_are_never_taken_over(backend, request, corp):
+    store = request.getfixturevalue(backend)
     with Session(store) as db:
         db.add(User(username="alice", source="local", granted={}))
         db.add(AccessGroup(name="ops", rules={}))
@@ -234,7 +236,9 @@ def test_local_users_and_groups_are_never_taken_over(store, corp):
     assert users(store)["alice"].source == "local" and users(store)["bob"].source == "ldap"
 
 
-def test_access_groups_compile_granted_access(store, corp):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_access_groups_compile_granted_access(backend, request, corp):
+    store = request.getfixturevalue(backend)
     dns = people(corp, ["ann", "ben", "cy"])
     ldap_tool(corp, "ldapadd", ldif([
         (f"cn=web,ou=groups,{corp.suffix}", {"objectClass": "groupOfNames", "cn": "web",
