@@ -140,3 +140,31 @@ def test_ldap_device_import_flow_and_cli(store, corp, prefect_client_sync):
         gone = db.exec(select(Device).where(Device.name == "host3")).one()
         assert gone.active is False and "removed_at" in gone.settings  # marked, not deleted
         assert db.exec(select(Device).where(Device.name == "host1")).one().platform == "windows"
+
+
+def test_device_database_import_flow_and_cli(store, tmp_path, monkeypatch, prefect_client_sync):
+    import sqlite3
+
+    from blocks.device_database import DeviceDatabaseBlock
+    from flows.directory import device_database_import
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    monkeypatch.setenv("PAMFLOW_UPLOAD_DIR", str(uploads))
+    with sqlite3.connect(uploads / "cmdb.db") as conn:
+        conn.execute("CREATE TABLE hosts (id TEXT, name TEXT, address TEXT, site TEXT)")
+        conn.executemany("INSERT INTO hosts VALUES (?, ?, ?, ?)",
+                         [(f"id{i}", f"db{i}", f"10.40.0.{i + 1}", "oslo") for i in range(30)])
+    name = f"cmdb-{uuid.uuid4().hex[:8]}"
+    DeviceDatabaseBlock(url="sqlite:///cmdb.db", query="SELECT id AS external_id, name, "
+                        "address, site FROM hosts").save(name, overwrite=True)
+    summary = device_database_import(database=name)
+    assert summary["created"] == 30 and summary["rejected"] == 0
+    assert "created" in artifacts(prefect_client_sync, ["device-database-import"])
+    out = CliRunner().invoke(app, ["directory", "import-database", "--database", name, "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["unchanged"] == 30
+    bad = f"bad-{uuid.uuid4().hex[:8]}"
+    DeviceDatabaseBlock(url="sqlite:///cmdb.db", query="DELETE FROM hosts").save(bad)
+    out = CliRunner().invoke(app, ["directory", "import-database", "--database", bad])
+    assert out.exit_code == 2 and "only a SELECT query is allowed" in out.output
+    assert device_database_import(database=bad)["configured"] is False
