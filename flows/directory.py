@@ -6,6 +6,7 @@ its result (counts and rejected entries, never a secret) and a progress artifact
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -30,7 +31,13 @@ def _progress(key: str, what: str) -> Callable[[float, str], None]:
     artifact: UUID = ran_sync(create_progress_artifact(0.0, key=key, description=what),
                               "create_progress_artifact")
 
+    last = [0.0]
+
     def update(pct: float, text: str) -> None:
+        now = time.monotonic()
+        if now - last[0] < 1.0 and pct < 100:  # at most one API call a second
+            return
+        last[0] = now
         update_progress_artifact(artifact, max(0.0, min(100.0, pct)), description=text)
 
     return update

@@ -95,7 +95,8 @@ def test_cli_sync_and_clear_errors(store, corp, prefect_server):
             (["directory", "sync", "-d", save_block(corp, url=corp.ldaps_url, ca_file=None)],
              "not trusted"),
             (["directory", "sync", "-d", save_block(corp, user_filter="(uid=*")],
-             "user_filter")):
+             "user_filter"),
+            (["directory", "sync", "-d", name, "--user", "x" * 5000], "1-255 characters")):
         out = runner.invoke(app, args)
         assert out.exit_code == 2, (args, out.output)
         assert reason in out.output and "Traceback" not in out.output

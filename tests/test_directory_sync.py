@@ -265,3 +265,40 @@ def test_access_groups_compile_granted_access(backend, request, corp):
     ldap_tool(corp, "ldapdelete", dns[1] + "\n")
     sync(store, st, full=True)  # ben left: disabled, and his access is gone at once
     assert users(store)["ben"].status == "disabled" and users(store)["ben"].granted == {}
+
+
+def test_ad_shaped_entries_guid_and_disabled_accounts(store, corp):
+    """AD's shapes on slapd (Microsoft's schema loaded): objectGUID (16 bytes, little-endian
+    UUID), sAMAccountName, userAccountControl's ACCOUNTDISABLE bit. slapd has no ordering
+    rule for uSNChanged, so only full runs are exercised here."""
+    import uuid as uuidlib
+
+    guid = uuidlib.uuid4()
+
+    def ad_user(cn: str, **attrs) -> None:  # extensibleObject: sAMAccountName is in no class
+        corp.add_entry(f"cn={cn},ou=people,{corp.suffix}", ["user", "extensibleObject"],
+                       {"cn": cn, "sn": cn, "instanceType": "4",
+                        "objectCategory": f"CN=Person,CN=Schema,CN=Configuration,{corp.suffix}",
+                        "nTSecurityDescriptor": b"\x01\x00\x04\x80", **attrs})
+
+    ad_user("Ann Admin", sAMAccountName="ann", objectGUID=guid.bytes_le,
+            userAccountControl="512", displayName="Ann A.", mail="ann@corp.test")
+    ad_user("Old Timer", sAMAccountName="old", objectGUID=uuidlib.uuid4().bytes_le,
+            userAccountControl="514")
+    ad_user("Weird", sAMAccountName="weird", objectGUID=b"short", employeeType="lots")
+    register_bind(store, corp)
+    st = settings_for(corp, kind="ad", user_filter="(objectClass=user)", group_base=None)
+    result = sync(store, st)
+    assert (result.created, result.disabled) == (3, 0), result.rejected
+    weird = settings_for(corp, kind="ad", user_filter="(cn=Weird)", group_base=None,
+                         name="weird", user_attributes={"account_control": "employeeType"})
+    assert [r.reason for r in sync(store, weird).rejected] == [
+        "account control (employeeType) is not a number"]
+    found = users(store)
+    assert found["ann"].external_id == str(guid) and found["ann"].display_name == "Ann A."
+    assert found["ann"].status == "active" and found["old"].status == "disabled"
+    with corp.connection() as conn:
+        conn.modify(f"cn=Ann Admin,ou=people,{corp.suffix}",
+                    {"userAccountControl": [("MODIFY_REPLACE", ["514"])]})
+    again = sync(store, st, full=True)
+    assert again.disabled == 1 and users(store)["ann"].status == "disabled"

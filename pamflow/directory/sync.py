@@ -30,6 +30,7 @@ from sqlmodel import Session, col, select
 from pamflow import audit
 from pamflow.models import AccessGroup, AccessGroupMember, DirectorySyncState, User, utcnow
 
+from .errors import DirectorySettingsError
 from .ldap import DirectoryConnection, Entry
 from .records import (
     GroupRecord,
@@ -168,7 +169,7 @@ def _read_kind(conn: DirectoryConnection, settings: DirectorySettings, kind: str
             except Rejected as exc:
                 scope.rejected.append(Rejection(shown_dn(entry), str(exc)))
             scope.mark = later(scope.mark, mark(entry, settings), settings.kind)
-        progress(0, f"{kind}: {len(scope.records)} read")
+        progress(min(35.0, 2.0 + scope.pages), f"{kind}: {len(scope.records)} read")
     if since is None and extra_filter is None:
         # a full read: every id in scope was seen (a rejected entry is still present)
         scope.present = ids
@@ -200,6 +201,10 @@ def read_directory(engine: Engine, settings: DirectorySettings, password: str | 
     from ldap3.utils.conv import escape_filter_chars
 
     settings.check()
+    if username is not None and (not username or len(username) > 255
+                                 or any(ord(c) < 32 for c in username)):
+        raise DirectorySettingsError(f"directory {settings.name}: a user name to sync must be "
+                                     "1-255 characters without control characters")
     mode, since = plan_mode(engine, settings, full)
     with DirectoryConnection(settings, password) as conn:
         if username is not None:
