@@ -98,6 +98,8 @@ def upsert_devices(engine: Engine, records: list[DeviceRecord], *, tenant: str, 
             wanted.discard(None)
             holders = {d.address: d for d in db.exec(select(Device).where(
                 col(Device.tenant) == tenant, col(Device.address).in_(wanted)))}
+            ids = {i for r in chunk if (i := mine.get(r.external_id)) is not None}
+            loaded = {d.id: d for d in db.exec(select(Device).where(col(Device.id).in_(ids)))}
             for rec in chunk:
                 def reject(reason: str, rec: DeviceRecord = rec) -> None:
                     result.rejected.append(Rejection(rec.where[:300], reason))
@@ -124,7 +126,7 @@ def upsert_devices(engine: Engine, records: list[DeviceRecord], *, tenant: str, 
                     reject(f"platform {platform[:40]!r} is not one of {', '.join(PLATFORMS)}")
                     continue
                 dev_id = mine.get(rec.external_id)
-                dev = db.get(Device, dev_id) if dev_id is not None else None
+                dev = loaded.get(dev_id) if dev_id is not None else None
                 holder = holders.get(address)
                 if holder is not None and (dev is None or holder.id != dev.id):
                     reject(f"address {address} already belongs to device {holder.name!r} "

@@ -255,6 +255,9 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
         with Session(engine) as db:
             names = [r.username for r in chunk]
             holders = {u.username: u for u in db.exec(select(User).where(col(User.username).in_(names)))}
+            wanted = {i for r in chunk
+                      if (i := by_id.get(r.external_id) or by_name.get(r.username)) is not None}
+            loaded = {u.id: u for u in db.exec(select(User).where(col(User.id).in_(wanted)))}
             for rec in chunk:
                 if rec.username in seen_names:
                     result.rejected.append(Rejection(rec.dn[:300], f"username {rec.username!r} "
@@ -262,7 +265,7 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
                     continue
                 seen_names.add(rec.username)
                 uid = by_id.get(rec.external_id) or by_name.get(rec.username)
-                user = db.get(User, uid) if uid is not None else None
+                user = loaded.get(uid) if uid is not None else None
                 holder = holders.get(rec.username)
                 if holder is not None and (user is None or holder.id != user.id):
                     owner = (f"directory {holder.directory}" if holder.directory
