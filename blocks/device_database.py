@@ -52,7 +52,7 @@ class DeviceDatabaseBlock(Block):
 def load_device_database(name: str) -> DatabaseSettings:
     """The settings saved as device database block ``name``; DirectorySettingsError when
     there is no such block, naming what to do."""
-    from pamflow.directory import DirectorySettingsError
+    from pamflow.directory import DirectoryNotConfigured, DirectorySettingsError
 
     try:
         loaded: Any = DeviceDatabaseBlock.load(name, validate=True)
@@ -62,7 +62,7 @@ def load_device_database(name: str) -> DatabaseSettings:
                                      f"{exc.errors()[0].get('loc')} {exc.errors()[0].get('msg')}"
                                      ) from None
     except ValueError as exc:
-        raise DirectorySettingsError(f"no device database block named {name!r}: create one in "
+        raise DirectoryNotConfigured(f"no device database block named {name!r}: create one in "
                                      f"the Prefect UI (Blocks > Device database) "
                                      f"({str(exc)[:120]})") from None
     if not isinstance(loaded, DeviceDatabaseBlock):

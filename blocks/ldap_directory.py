@@ -83,7 +83,7 @@ class LdapDirectoryBlock(Block):
 def load_directory(name: str) -> DirectorySettings:
     """The settings saved as LDAP directory block ``name``; DirectorySettingsError when there
     is no such block (or it cannot be read), naming what to do."""
-    from pamflow.directory import DirectorySettingsError
+    from pamflow.directory import DirectoryNotConfigured, DirectorySettingsError
 
     try:
         loaded: Any = LdapDirectoryBlock.load(name, validate=True)
@@ -93,7 +93,7 @@ def load_directory(name: str) -> DirectorySettings:
                                      f"{exc.errors()[0].get('loc')} {exc.errors()[0].get('msg')}"
                                      ) from None
     except ValueError as exc:
-        raise DirectorySettingsError(f"no LDAP directory block named {name!r}: create one in the "
+        raise DirectoryNotConfigured(f"no LDAP directory block named {name!r}: create one in the "
                                      f"Prefect UI (Blocks > LDAP directory) ({str(exc)[:120]})"
                                      ) from None
     if not isinstance(loaded, LdapDirectoryBlock):  # a coroutine inside an event loop

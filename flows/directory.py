@@ -20,7 +20,7 @@ from prefect.artifacts import (
 )
 from prefect.utilities.annotations import quote
 
-from pamflow.directory import DeviceImportResult, DirectorySettingsError, Rejection
+from pamflow.directory import DeviceImportResult, DirectoryNotConfigured, Rejection
 from tasks import directory as t
 from tasks import ran_sync
 
@@ -43,7 +43,7 @@ def _progress(key: str, what: str) -> Callable[[float, str], None]:
     return update
 
 
-def _not_configured(key: str, exc: DirectorySettingsError) -> dict[str, Any]:
+def _not_configured(key: str, exc: DirectoryNotConfigured) -> dict[str, Any]:
     get_run_logger().warning("%s", exc)
     create_markdown_artifact(f"# Not configured\n\n{exc}\n\nNothing was read or written.",
                              key=key, description="not configured")
@@ -71,7 +71,7 @@ def ldap_ad_synchronization(directory: str = "default", full: bool = False,
 
     try:
         settings = load_directory(directory)
-    except DirectorySettingsError as exc:
+    except DirectoryNotConfigured as exc:
         return _not_configured("ldap-ad-synchronization", exc)
     progress = _progress("ldap-ad-synchronization-progress", f"Synchronising {directory}")
     read = t.read_directory(settings, full, username, progress)
@@ -116,8 +116,10 @@ def ldap_device_import(directory: str = "default") -> dict[str, Any]:
 
     try:
         settings = load_directory(directory)
-        settings.base_for("computers")
-    except DirectorySettingsError as exc:
+        if not settings.computer_base:
+            raise DirectoryNotConfigured(f"LDAP directory {directory}: no computer_base is set, "
+                                         "so no computers are imported from it")
+    except DirectoryNotConfigured as exc:
         return _not_configured("ldap-device-import", exc)
     progress = _progress("ldap-device-import-progress", f"Importing computers of {directory}")
     result = t.import_computers(settings, progress)
@@ -133,7 +135,7 @@ def device_database_import(database: str = "default") -> dict[str, Any]:
 
     try:
         settings = load_device_database(database)
-    except DirectorySettingsError as exc:
+    except DirectoryNotConfigured as exc:
         return _not_configured("device-database-import", exc)
     progress = _progress("device-database-import-progress", f"Importing devices of {database}")
     result = t.import_device_database(settings, progress)

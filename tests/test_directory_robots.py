@@ -168,4 +168,7 @@ def test_device_database_import_flow_and_cli(store, tmp_path, monkeypatch, prefe
     DeviceDatabaseBlock(url="sqlite:///cmdb.db", query="DELETE FROM hosts").save(bad)
     out = CliRunner().invoke(app, ["directory", "import-database", "--database", bad])
     assert out.exit_code == 2 and "only a SELECT query is allowed" in out.output
-    assert device_database_import(database=bad)["configured"] is False
+    from pamflow.directory import DeviceDatabaseError
+
+    with pytest.raises(DeviceDatabaseError, match="only a SELECT"):  # the run fails, visibly
+        device_database_import(database=bad)

@@ -14,6 +14,10 @@ class DirectorySettingsError(DirectoryError):
     """The saved settings (block) cannot be used as they are: the message says which field."""
 
 
+class DirectoryNotConfigured(DirectorySettingsError):
+    """No settings (block) of that name exist: the robot has nothing to do."""
+
+
 class DirectoryUnavailable(DirectoryError):
     """The directory could not be reached, or its TLS could not be established safely."""
 
