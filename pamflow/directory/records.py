@@ -6,6 +6,7 @@ into a filter or a DN without escaping."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -173,7 +174,10 @@ def mark(entry: Entry, settings: DirectorySettings) -> str | None:
 
 
 def later(a: str | None, b: str | None, kind: str) -> str | None:
-    """The later of two marks of ``kind`` (None is earliest)."""
+    """The later of two marks of ``kind`` (None is earliest; a settled mark's ``>`` is
+    dropped: the result is a mark as read)."""
+    a = a.lstrip(">") if a else None
+    b = b.lstrip(">") if b else None
     if a is None:
         return b
     if b is None:
@@ -184,11 +188,33 @@ def later(a: str | None, b: str | None, kind: str) -> str | None:
 
 
 def valid_mark(value: str | None, kind: str) -> str | None:
-    """A stored mark, if it is well formed (it goes into a filter): else None (full run)."""
+    """A stored mark, if it is well formed (it goes into a filter): else None (full run).
+
+    A ``modifyTimestamp`` mark has one-second resolution, so the next run reads its second
+    again (``>=``) — unless it is stored *settled* (``>`` prefix): the second was over
+    before the run that read it began, so nothing can change in it any more and the next
+    run reads strictly after it.
+    """
     if value is None:
         return None
     pattern = _USN if kind == "ad" else _GENERALIZED_TIME
-    return value if pattern.fullmatch(value) else None
+    bare = value[1:] if value.startswith(">") and kind != "ad" else value
+    return value if pattern.fullmatch(bare) else None
+
+
+def settled(value: str | None, kind: str, read_started: float, skew_seconds: float) -> str | None:
+    """``value`` marked settled (``>``) when its second ended ``skew_seconds`` before the
+    read began (by this host's clock: the allowance covers the directory's clock skew)."""
+    import calendar
+
+    if value is None or kind == "ad":
+        return value
+    bare = value.lstrip(">")
+    try:
+        second = calendar.timegm(time.strptime(bare[:14], "%Y%m%d%H%M%S"))
+    except ValueError:
+        return bare
+    return ">" + bare if second + 1 + skew_seconds <= read_started else bare
 
 
 def user_record(entry: Entry, settings: DirectorySettings) -> UserRecord:

@@ -80,6 +80,9 @@ class DirectorySettings:
     timeout: float = 30.0
     full_every_hours: float = 24.0  # an incremental run older than this many hours becomes full
     max_value_length: int = 1024  # a longer mapped value rejects the entry, with the reason
+    # how far the directory's clock may be ahead of this host's: a modifyTimestamp mark
+    # older than this when a run began is settled (the next run reads strictly after it)
+    clock_skew_seconds: float = 60.0
 
     # -- derived -------------------------------------------------------------------------
     @property

@@ -19,6 +19,7 @@ done again by the next one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,6 +43,7 @@ from .records import (
     group_record,
     later,
     mark,
+    settled,
     shown_dn,
     user_record,
     valid_mark,
@@ -90,6 +92,8 @@ class DirectoryRead:
     pages: int = 0
     single_user: str | None = None
     kind: str = "openldap"
+    started: float = 0.0  # this host's clock when the read began (time.time())
+    skew_seconds: float = 60.0
 
 
 @dataclass
@@ -144,8 +148,11 @@ def _since_filter(settings: DirectorySettings, base_filter: str, since: str | No
     if since is None:
         return base_filter
     attribute = settings.default("mark_attribute")
-    value = str(int(since) + 1) if settings.kind == "ad" else since
-    return f"(&{base_filter}({attribute}>={value}))"
+    if settings.kind == "ad":
+        return f"(&{base_filter}({attribute}>={int(since) + 1}))"
+    if since.startswith(">"):  # settled: strictly after it
+        return f"(&{base_filter}(!({attribute}<={since[1:]})))"
+    return f"(&{base_filter}({attribute}>={since}))"
 
 
 def _read_kind(conn: DirectoryConnection, settings: DirectorySettings, kind: str,
@@ -206,6 +213,7 @@ def read_directory(engine: Engine, settings: DirectorySettings, password: str | 
         raise DirectorySettingsError(f"directory {settings.name}: a user name to sync must be "
                                      "1-255 characters without control characters")
     mode, since = plan_mode(engine, settings, full)
+    started = time.time()
     with DirectoryConnection(settings, password) as conn:
         if username is not None:
             attribute = settings.mapping("users")["username"]
@@ -228,6 +236,7 @@ def read_directory(engine: Engine, settings: DirectorySettings, password: str | 
             result = DirectoryRead(settings.name, settings.tenant, mode, since, users, groups,
                                    kind=settings.kind)
             result.listed = conn.stats.entries - listed_before
+        result.started, result.skew_seconds = started, settings.clock_skew_seconds
         result.pages = conn.stats.pages
         result.read = conn.stats.entries - result.listed
     return result
@@ -413,8 +422,13 @@ def _save_marks(engine: Engine, read: DirectoryRead, result: SyncResult) -> None
     with Session(engine) as db:
         for kind, scope in (("users", read.users), ("groups", read.groups)):
             state = _state(db, f"{read.directory}:{kind}")
-            state.mark = later(valid_mark(state.mark, read.kind), scope.mark, read.kind) \
-                if read.mode == "incremental" else (scope.mark or state.mark)
+            previous = valid_mark(state.mark, read.kind)
+            newest = (later(previous, scope.mark, read.kind) if read.mode == "incremental"
+                      else (scope.mark or later(previous, None, read.kind)))
+            if previous and previous.startswith(">") and newest == previous[1:]:
+                state.mark = previous  # nothing newer: a settled mark stays settled
+            else:
+                state.mark = settled(newest, read.kind, read.started, read.skew_seconds)
             state.last_run_at = now
             if read.mode == "full":
                 state.last_full_at = now
