@@ -25,11 +25,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from pamflow import audit
-from pamflow.models import AccessGroup, AccessGroupMember, DirectorySyncState, User, utcnow
+from pamflow.models import (
+    AccessGroup,
+    AccessGroupMember,
+    DirectorySyncState,
+    User,
+    table_of,
+    utcnow,
+)
 
 from .errors import DirectorySettingsError
 from .ldap import DirectoryConnection, Entry
@@ -252,15 +260,18 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
                  progress: Progress) -> None:
     name, now = read.directory, utcnow()
     with Session(engine) as db:
-        mine = list(db.exec(select(User).where(col(User.directory) == name)))
-    by_id = {u.external_id: u.id for u in mine if u.external_id}
-    by_name = {u.username: u.id for u in mine}
+        mine = list(db.exec(select(User.id, User.external_id, User.username).where(
+            col(User.directory) == name)))
+    by_id = {ext: uid for uid, ext, _n in mine if ext}
+    by_name = {username: uid for uid, _e, username in mine}
+    users = table_of(User)
     seen_names: set[str] = set()
     records: list[UserRecord] = read.users.records
     done = 0
     for chunk in _chunks(records):
         created: list[str] = []
         updated: list[str] = []
+        new_rows: list[dict[str, Any]] = []
         with Session(engine) as db:
             names = [r.username for r in chunk]
             holders = {u.username: u for u in db.exec(select(User).where(col(User.username).in_(names)))}
@@ -284,10 +295,10 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
                     continue
                 status = "disabled" if rec.disabled else "active"
                 if user is None:
-                    user = User(source="ldap", directory=name, tenant=read.tenant, status=status,
-                                synced_at=now, disabled_at=now if rec.disabled else None,
-                                granted={}, **_user_fields(rec))
-                    db.add(user)
+                    new_rows.append(User(
+                        source="ldap", directory=name, tenant=read.tenant, status=status,
+                        synced_at=now, disabled_at=now if rec.disabled else None, granted={},
+                        **_user_fields(rec)).model_dump(exclude={"id"}))
                     created.append(rec.username)
                     result.created += 1
                     continue
@@ -299,22 +310,25 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
                         result.reactivated += 1
                     else:
                         result.disabled += 1
-                user.synced_at = now
-                if changes:
+                if changes:  # an unchanged user is not written at all
                     for k, v in changes.items():
                         setattr(user, k, v)
+                    user.synced_at = now
+                    db.add(user)
                     updated.append(rec.username)
                     result.updated += 1
                     result.changed_users.add(user.id or 0)
                 else:
                     result.unchanged += 1
-                db.add(user)
+            if new_rows:  # one multi-row INSERT per chunk
+                db.connection().execute(sa.insert(users), new_rows)
             db.flush()
-            for u in db.exec(select(User).where(col(User.directory) == name,
-                                                col(User.username).in_(created))):
-                by_id[u.external_id or ""] = u.id
-                by_name[u.username] = u.id
-                result.changed_users.add(u.id or 0)
+            for uid, ext, username in db.exec(select(User.id, User.external_id, User.username)
+                                              .where(col(User.directory) == name,
+                                                     col(User.username).in_(created))):
+                by_id[ext or ""] = uid
+                by_name[username] = uid
+                result.changed_users.add(uid or 0)
             if created or updated:
                 audit.record(db, actor, "directory_users_synced", "directory", name,
                              {"tenant": read.tenant, "mode": read.mode,
@@ -330,17 +344,19 @@ def _disable_departed(engine: Engine, read: DirectoryRead, result: SyncResult, a
         return
     name, now = read.directory, utcnow()
     with Session(engine) as db:
-        gone = [u for u in db.exec(select(User).where(col(User.directory) == name,
-                                                      col(User.status) != "disabled"))
-                if u.external_id not in present]
+        gone = [(uid, username) for uid, ext, username in db.exec(
+            select(User.id, User.external_id, User.username).where(
+                col(User.directory) == name, col(User.status) != "disabled"))
+                if ext not in present]
         for chunk in _chunks(gone):
-            for u in chunk:
-                u.status, u.disabled_at, u.synced_at = "disabled", now, now
-                db.add(u)
-                result.changed_users.add(u.id or 0)
+            ids = [uid for uid, _n in chunk]
+            db.connection().execute(sa.update(table_of(User)).where(
+                table_of(User).c.id.in_(ids)).values(status="disabled", disabled_at=now,
+                                                     synced_at=now))
+            result.changed_users.update(i for i in ids if i is not None)
             audit.record(db, actor, "directory_users_disabled", "directory", name,
                          {"tenant": read.tenant, "reason": "left the directory's scope",
-                          "users": [u.username for u in chunk]})
+                          "users": [n for _i, n in chunk]})
             db.commit()
             result.disabled += len(chunk)
 
@@ -348,9 +364,14 @@ def _disable_departed(engine: Engine, read: DirectoryRead, result: SyncResult, a
 def _apply_groups(engine: Engine, read: DirectoryRead, result: SyncResult, actor: str) -> None:
     name, now = read.directory, utcnow()
     records: list[GroupRecord] = read.groups.records
+    if not records and read.groups.present is None:
+        return
     with Session(engine) as db:
-        users_by_dn: dict[str, int] = {dn_key(u.dn): u.id for u in db.exec(
-            select(User).where(col(User.directory) == name)) if u.dn and u.id is not None}
+        users_by_dn: dict[str, int] = {}
+        if records:
+            users_by_dn = {dn_key(dn): uid for uid, dn in db.exec(
+                select(User.id, User.dn).where(col(User.directory) == name))
+                if dn and uid is not None}
         mine = {g.external_id: g for g in db.exec(select(AccessGroup).where(
             col(AccessGroup.directory) == name))}
         for chunk in _chunks(records):
