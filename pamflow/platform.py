@@ -248,6 +248,8 @@ BLOCK_MODULES = (
     "blocks.password_policy",
     "blocks.syslog_target",
     "blocks.notification_routing",
+    "blocks.ldap_directory",
+    "blocks.device_database",
 )
 
 

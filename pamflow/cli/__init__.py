@@ -9,6 +9,7 @@ import typer
 from . import (
     alerts,
     audit,
+    directory,
     inventory,
     notifications,
     operations,
@@ -35,6 +36,7 @@ COMMAND_MODULES = (
     audit,
     alerts,
     notifications,
+    directory,
 )
 for module in COMMAND_MODULES:
     module.register(app)

@@ -1,7 +1,15 @@
 """The domain store's tables. Import from here: ``from pamflow.models import Device``."""
 
 from ._base import NotStored, row_id, table_of, utcnow
-from .activity import AccessGroup, AccessGroupMember, Certificate, Session, SessionEvent, User
+from .activity import (
+    AccessGroup,
+    AccessGroupMember,
+    Certificate,
+    DirectorySyncState,
+    Session,
+    SessionEvent,
+    User,
+)
 from .alerts import CertificateAlert, ConfigChange, DeploymentSnapshot, ReportMark
 from .inventory import (
     Connectivity,
@@ -38,6 +46,7 @@ __all__ = [
     "DeploymentSnapshot",
     "Device",
     "DutyState",
+    "DirectorySyncState",
     "HostKey",
     "NotStored",
     "Notification",

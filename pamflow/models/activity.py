@@ -75,11 +75,23 @@ class User(SQLModel, table=True):
     email: str | None = None
     display_name: str | None = None
     source: str = "local"  # local | ldap
-    external_id: str | None = None
-    status: str = "active"  # active | locked | suspended | expired | inactive
+    external_id: str | None = Field(default=None, index=True)  # entryUUID / objectGUID
+    # active | locked | suspended | expired | inactive | disabled (left the directory's scope,
+    # or disabled in the directory: never deleted, so its history stays)
+    status: str = "active"
     temporary_until: datetime | None = None
     last_login_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    tenant: str = Field(default="default", sa_column=sa.Column(sa.String(255), nullable=False,
+                                                               server_default="default"))
+    # the LdapDirectory block that manages this user (None: a local user)
+    directory: str | None = Field(default=None, index=True)
+    dn: str | None = text_field()
+    synced_at: datetime | None = None
+    disabled_at: datetime | None = None
+    # the access compiled from the rules of the user's access groups (access groups processing)
+    granted: dict = json_field()
+    granted_at: datetime | None = None
 
 
 class AccessGroup(SQLModel, table=True):
@@ -88,7 +100,17 @@ class AccessGroup(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(sa_column=sa.Column(sa.String, unique=True, nullable=False))
     description: str | None = None
+    # what membership grants, compiled per user by access groups processing, e.g.
+    # {"devices": ["web-*"], "sites": ["paris"], "protocols": ["ssh"]}
     rules: dict = json_field()
+    source: str = "local"  # local | ldap
+    directory: str | None = Field(default=None, index=True)
+    external_id: str | None = Field(default=None, index=True)
+    dn: str | None = text_field()
+    tenant: str = Field(default="default", sa_column=sa.Column(sa.String(255), nullable=False,
+                                                               server_default="default"))
+    active: bool = True
+    synced_at: datetime | None = None
 
 
 class AccessGroupMember(SQLModel, table=True):
@@ -96,3 +118,16 @@ class AccessGroupMember(SQLModel, table=True):
 
     group_id: int = Field(foreign_key="access_group.id", primary_key=True)
     user_id: int = Field(foreign_key="pam_user.id", primary_key=True)
+
+
+class DirectorySyncState(SQLModel, table=True):
+    """Where the last run of a directory robot stopped: the incremental mark
+    (``modifyTimestamp`` on OpenLDAP, ``uSNChanged`` on AD) per directory and kind."""
+
+    __tablename__ = "directory_sync_state"
+
+    key: str = Field(primary_key=True)  # "<directory>:users" | "<directory>:computers"
+    mark: str | None = None
+    last_run_at: datetime | None = None
+    last_full_at: datetime | None = None
+    last_result: dict = json_field()

@@ -1,0 +1,71 @@
+"""An external device database as a Prefect block (Blocks > Device database): a
+SQLAlchemy URL and a read-only query whose rows become devices.
+
+The URL carries no password (one that does is refused): the password lives in pamflow's
+vault, as the credential ``password_username`` (default: the URL's user) of the device
+``password_device``. Only PostgreSQL and SQLite (a file of the upload directory) are
+accepted, because read-only is enforced for them; the query must be one SELECT.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.blocks.core import Block
+from pydantic import Field, ValidationError
+
+from pamflow.directory import DatabaseSettings
+
+
+class DeviceDatabaseBlock(Block):
+    """Which database, which query, which result columns mean what."""
+
+    _block_type_name = "Device database"
+    _block_type_slug = "pamflow-device-database"
+    _description = ("pamflow: an external SQL database whose query (read-only) lists devices. "
+                    "The password is a vault reference, never stored here.")
+
+    url: str = Field(description="postgresql://user@host:5432/cmdb or sqlite:///inventory.db "
+                                 "(a file of the upload directory). No password here.")
+    query: str = Field(description="One SELECT returning the mapped columns.")
+    tenant: str = Field(default="default")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Field → result column: external_id, name, address "
+                                          "(defaults: same names), platform, site, ports, "
+                                          "operating_system.")
+    password_device: str | None = Field(default=None, description="Vault reference: the device "
+                                                                  "holding the password.")
+    password_username: str | None = Field(default=None, description="Vault reference: the "
+                                          "credential's username (default: the URL's user).")
+    default_platform: str = "linux"
+    max_rows: int = Field(default=100_000, ge=1, le=10_000_000)
+    timeout: float = Field(default=60.0, gt=0, le=3600)
+
+    def to_settings(self, name: str) -> DatabaseSettings:
+        return DatabaseSettings(name=name, url=self.url, query=self.query, tenant=self.tenant,
+                                columns=dict(self.columns), password_device=self.password_device,
+                                password_username=self.password_username,
+                                default_platform=self.default_platform, max_rows=self.max_rows,
+                                timeout=self.timeout).check()
+
+
+def load_device_database(name: str) -> DatabaseSettings:
+    """The settings saved as device database block ``name``; DirectorySettingsError when
+    there is no such block, naming what to do."""
+    from pamflow.directory import DirectoryNotConfigured, DirectorySettingsError
+
+    try:
+        loaded: Any = DeviceDatabaseBlock.load(name, validate=True)
+    except ValidationError as exc:
+        raise DirectorySettingsError(f"device database block {name!r} has invalid settings: "
+                                     f"{exc.error_count()} error(s), first: "
+                                     f"{exc.errors()[0].get('loc')} {exc.errors()[0].get('msg')}"
+                                     ) from None
+    except ValueError as exc:
+        raise DirectoryNotConfigured(f"no device database block named {name!r}: create one in "
+                                     f"the Prefect UI (Blocks > Device database) "
+                                     f"({str(exc)[:120]})") from None
+    if not isinstance(loaded, DeviceDatabaseBlock):
+        getattr(loaded, "close", lambda: None)()
+        raise RuntimeError("device database blocks cannot be loaded inside an event loop")
+    return loaded.to_settings(name)
