@@ -13,6 +13,7 @@ from .inventory import (
 )
 from .operations import Operation, OperationKind, OperationState
 from .system import AuditLog, Notification, SystemParameter
+from .vault import VaultEntry
 from .webhooks import WebhookDelivery, WebhookSource
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "SessionEvent",
     "SystemParameter",
     "User",
+    "VaultEntry",
     "WebhookDelivery",
     "WebhookSource",
     "row_id",
