@@ -110,8 +110,14 @@ def _first(exc: Any) -> str:
 def account_names() -> list[str]:
     """The names of every saved cloud account block."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
 
     with get_client(sync_client=True) as client:
-        docs = client.read_block_documents_by_type(block_type_slug=BLOCK_TYPE_SLUG,
-                                                    include_secrets=False)
+        try:
+            docs = client.read_block_documents_by_type(block_type_slug=BLOCK_TYPE_SLUG,
+                                                        include_secrets=False)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 404:  # the block type is not registered yet
+                return []
+            raise
     return sorted(d.name for d in docs if d.name and not d.is_anonymous)

@@ -59,7 +59,8 @@ class CloudAccount(BaseModel):
     ca_file: str | None = None
     page_size: int | None = Field(default=None, ge=1, le=1000)
     max_instances: int = Field(default=100_000, ge=1)
-    max_attempts: int = Field(default=4, ge=1, le=10)
+    max_attempts: int = Field(default=4, ge=1, le=10)  # AWS/Azure: attempts per call
+    retry_seconds: float = Field(default=60.0, gt=0, le=600)  # GCP: how long to retry a call
 
     @field_validator("name")
     @classmethod
