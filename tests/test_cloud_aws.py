@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from pamflow.cloud import CloudAccount, CloudError, import_account
@@ -271,3 +272,44 @@ def test_throttling_and_garbage_fail_clearly_and_write_nothing(store, ec2, moto_
 def test_clean_text_limits_input_before_normalising():
     assert clean_text("a" * 10_000_000, 5) == "aaaaa"
     assert clean_text(b"\xff\xfeok", 10) == "\ufffd\ufffdok"
+
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0008c_keeps_devices_and_credentials(backend, tmp_path):
+    """Devices written at revision 0003, with credentials pointing at them, get the cloud
+    columns (on SQLite too, where rebuilding the device table would break the foreign keys)."""
+    from alembic import command
+
+    from pamflow import db
+    from tests.fixtures.stores import create_pg_database, drop_pg_database
+
+    name = None
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        name = create_pg_database()
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        engine = db.make_engine(url)
+        with engine.begin() as conn:
+            command.upgrade(db._alembic_config(conn), "0003")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO device (id, name, address, platform, ports, tenant, source, "
+                "external_id, maintenance_mode, active, connectivity, settings, created_at, "
+                "updated_at) VALUES (1, 'old', '10.0.0.1', 'linux', '[]', 'default', 'import', "
+                "'x', false, true, 'unknown', '{}', '2026-01-01', '2026-01-01')"))
+            conn.execute(sa.text(
+                "INSERT INTO credential (id, device_id, username, kind, secret_version, status, "
+                "policy, auto_change, created_at, updated_at) VALUES (1, 1, 'root', 'local', 0, "
+                "'ok', 'default', true, '2026-01-01', '2026-01-01')"))
+        db.migrate(engine)
+        with Session(engine) as s:
+            dev = s.get(Device, 1)
+            assert (dev.tags, dev.instance_state, dev.source_account) == ({}, None, None)
+            assert s.get(Credential, 1).device_id == 1
+        engine.dispose()
+    finally:
+        if name:
+            drop_pg_database(name)

@@ -31,8 +31,8 @@ class Device(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("tenant", "address", name="uq_device_tenant_address"),
         # a cloud instance (or directory computer) is one device per account that imports it
-        sa.UniqueConstraint("tenant", "source", "source_account", "external_id",
-                            name="uq_device_source_external"),
+        sa.Index("uq_device_source_external", "tenant", "source", "source_account",
+                 "external_id", unique=True),
     )
 
     id: int | None = Field(default=None, primary_key=True)

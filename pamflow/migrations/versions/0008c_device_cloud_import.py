@@ -20,8 +20,10 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("instance_state", sa.String(), nullable=True))
         batch_op.add_column(sa.Column("removed_at", sqlmodel.sql.sqltypes.UTCDateTime(),
                                       nullable=True))
-        batch_op.create_unique_constraint(
-            "uq_device_source_external", ["tenant", "source", "source_account", "external_id"])
+    # a unique index, not a constraint: SQLite would otherwise rebuild the device table,
+    # which the credentials' foreign keys forbid
+    op.create_index("uq_device_source_external", "device",
+                    ["tenant", "source", "source_account", "external_id"], unique=True)
     op.create_table(
         "vault_entry",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -39,8 +41,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("vault_entry")
+    op.drop_index("uq_device_source_external", table_name="device")
     with op.batch_alter_table("device", schema=None) as batch_op:
-        batch_op.drop_constraint("uq_device_source_external", type_="unique")
         batch_op.drop_column("removed_at")
         batch_op.drop_column("instance_state")
         batch_op.drop_column("tags")
