@@ -250,6 +250,7 @@ BLOCK_MODULES = (
     "blocks.notification_routing",
     "blocks.ldap_directory",
     "blocks.device_database",
+    "blocks.cloud_accounts",
 )
 
 

@@ -81,6 +81,13 @@ def webhook_aad(source: str, field: str) -> bytes:
     return f"pamflow:webhook:{source}:{field}".encode()
 
 
+def vault_entry_aad(name: str) -> bytes:
+    """The associated data of the named vault entry ``name`` (:mod:`pamflow.vault_entries`)."""
+    if not isinstance(name, str) or not name:
+        raise VaultError("a vault entry is sealed under its name")
+    return f"pamflow:vault-entry:{name}".encode()
+
+
 CANARY_AAD = b"pamflow:vault:canary"
 
 

@@ -36,7 +36,15 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .models import Credential, CredentialHistory, SystemParameter, WebhookSource, table_of, utcnow
+from .models import (
+    Credential,
+    CredentialHistory,
+    SystemParameter,
+    VaultEntry,
+    WebhookSource,
+    table_of,
+    utcnow,
+)
 from .vault import (
     CANARY_AAD,
     Keyring,
@@ -45,6 +53,7 @@ from .vault import (
     VaultError,
     credential_aad,
     key_file_path,
+    vault_entry_aad,
     webhook_aad,
 )
 
@@ -58,6 +67,7 @@ _C = table_of(Credential)
 _H = table_of(CredentialHistory)
 _W = table_of(WebhookSource)
 _P = table_of(SystemParameter)
+_E = table_of(VaultEntry)
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,10 @@ SEALED: tuple[SealedColumn, ...] = (
         lambda row: credential_aad(row[2], row[3], "history")),
     _webhook_column("secret", "secret"),
     _webhook_column("previous_secret", "previous"),
+    SealedColumn(
+        "vault_entry.secret", _E, "secret",
+        lambda: sa.select(_E.c.id, _E.c.secret, _E.c.name),
+        lambda row: vault_entry_aad(row[2])),
 )
 
 

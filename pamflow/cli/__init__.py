@@ -9,6 +9,7 @@ import typer
 from . import (
     alerts,
     audit,
+    cloud,
     directory,
     inventory,
     notifications,
@@ -37,6 +38,7 @@ COMMAND_MODULES = (
     alerts,
     notifications,
     directory,
+    cloud,
 )
 for module in COMMAND_MODULES:
     module.register(app)

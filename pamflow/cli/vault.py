@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -80,6 +82,94 @@ def rekey() -> None:
     console.print(table, highlight=False)
     console.print("every ciphertext is now under the active key; older keys may be retired once "
                   "every host has the new one", highlight=False)
+
+
+MAX_ENTRY_INPUT = 64 * 1024
+
+
+@vault_app.command("entry-put")
+def entry_put(
+    name: str = typer.Argument(..., help="The entry's name (referenced by blocks, e.g. a cloud "
+                                         "account's vault_entry)."),
+    tenant: str = typer.Option("default", "--tenant", help="The tenant the entry belongs to."),
+    kind: str = typer.Option("generic", "--kind",
+                             help="What it holds: aws-access-key, gcp-token, azure-token, ..."),
+) -> None:
+    """Create or replace a named vault entry from a JSON object of string fields read on
+    standard input (never from the command line), e.g.
+    {"access_key_id": "...", "secret_access_key": "..."} for an AWS account, or
+    {"access_token": "..."} for GCP/Azure. The values are encrypted by the vault; only the
+    field names are shown anywhere. Exit code 2 for input that is not acceptable."""
+    import json
+    import sys
+
+    from pamflow import db
+    from pamflow.cli.common import actor
+    from pamflow.vault_entries import VaultEntryError, put_entry
+
+    raw = sys.stdin.buffer.read(MAX_ENTRY_INPUT + 1)
+    if len(raw) > MAX_ENTRY_INPUT:
+        _fail2(f"the input is larger than {MAX_ENTRY_INPUT // 1024} KiB")
+    try:
+        values = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        _fail2("standard input is not a UTF-8 JSON object")
+    try:
+        with db.session() as s:
+            info = put_entry(s, name, values, tenant=tenant, kind=kind, actor=actor())
+            s.commit()
+    except VaultEntryError as exc:
+        _fail2(str(exc))
+    console.print(f"vault entry {info.name} (tenant {info.tenant}, {info.kind}) stored: fields "
+                  + ", ".join(info.fields), highlight=False, markup=False)
+
+
+@vault_app.command("entries")
+def entries(
+    tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's entries."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines, one per entry (never a "
+                                                       "value)."),
+) -> None:
+    """The named vault entries: name, tenant, kind and field names (never the values)."""
+    from pamflow import db
+    from pamflow.cli.common import json_line
+    from pamflow.vault_entries import list_entries
+
+    with db.session() as s:
+        found = list_entries(s, tenant)
+    if as_json:
+        for e in found:
+            json_line(e.as_dict())
+        return
+    table = Table(title=f"Vault entries ({len(found)})", title_justify="left")
+    for col in ("name", "tenant", "kind", "fields"):
+        table.add_column(col)
+    for e in found:
+        table.add_row(e.name, e.tenant, e.kind, ", ".join(e.fields))
+    console.print(table, highlight=False, markup=False)
+
+
+@vault_app.command("entry-remove")
+def entry_remove(name: str = typer.Argument(..., help="The entry's name.")) -> None:
+    """Remove a named vault entry (audited). Exit code 2 when there is none."""
+    from pamflow import db
+    from pamflow.cli.common import actor
+    from pamflow.vault_entries import VaultEntryError, remove_entry
+
+    try:
+        with db.session() as s:
+            if not remove_entry(s, name, actor=actor()):
+                _fail2(f"no vault entry {name}")
+            s.commit()
+    except VaultEntryError as exc:
+        _fail2(str(exc))
+    console.print(f"vault entry {name} removed", highlight=False, markup=False)
+
+
+def _fail2(message: str) -> NoReturn:
+    from pamflow.cli.common import fail
+
+    fail(message, code=2)
 
 
 def register(app: typer.Typer) -> None:

@@ -30,6 +30,7 @@ from .system import (
     NotificationSecret,
     SystemParameter,
 )
+from .vault import VaultEntry
 from .webhooks import WebhookDelivery, WebhookSource
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "SessionEvent",
     "SystemParameter",
     "User",
+    "VaultEntry",
     "WebhookDelivery",
     "WebhookSource",
     "row_id",

@@ -28,7 +28,12 @@ class Device(SQLModel, table=True):
     """A managed target: a server, a directory, a network device."""
 
     __tablename__ = "device"
-    __table_args__ = (sa.UniqueConstraint("tenant", "address", name="uq_device_tenant_address"),)
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "address", name="uq_device_tenant_address"),
+        # a cloud instance (or directory computer) is one device per account that imports it
+        sa.Index("uq_device_source_external", "tenant", "source", "source_account",
+                 "external_id", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True)
@@ -39,6 +44,14 @@ class Device(SQLModel, table=True):
     tenant: str = "default"
     source: str = "manual"  # manual | import | ldap | aws | gcp | azure
     external_id: str | None = Field(default=None, index=True)
+    # the cloud account (or directory) that imports this device; None for manual/spreadsheet
+    source_account: str | None = None
+    # tags (AWS), labels (GCP) or tags (Azure) as the source reported them
+    tags: dict = json_field(default_factory=dict)
+    # the instance state the source reported (running, stopped, ...) or "removed" once
+    # the instance disappeared from it (the device and its credentials are kept)
+    instance_state: str | None = None
+    removed_at: datetime | None = None
     maintenance_mode: bool = False
     active: bool = True
     connectivity: str = Connectivity.unknown
