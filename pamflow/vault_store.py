@@ -36,7 +36,15 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .models import Credential, CredentialHistory, SystemParameter, WebhookSource, table_of, utcnow
+from .models import (
+    AuditSealKey,
+    Credential,
+    CredentialHistory,
+    SystemParameter,
+    WebhookSource,
+    table_of,
+    utcnow,
+)
 from .vault import (
     CANARY_AAD,
     Keyring,
@@ -58,6 +66,7 @@ _C = table_of(Credential)
 _H = table_of(CredentialHistory)
 _W = table_of(WebhookSource)
 _P = table_of(SystemParameter)
+_K = table_of(AuditSealKey)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,10 @@ SEALED: tuple[SealedColumn, ...] = (
         lambda row: credential_aad(row[2], row[3], "history")),
     _webhook_column("secret", "secret"),
     _webhook_column("previous_secret", "previous"),
+    SealedColumn(  # the audit seal signing key (pamflow.audit_seal)
+        "audit_seal_key.secret", _K, "secret",
+        lambda: sa.select(_K.c.id, _K.c.secret, _K.c.key_id),
+        lambda row: f"pamflow:audit-seal-key:{row[2]}".encode()),
 )
 
 

@@ -12,13 +12,17 @@ from .inventory import (
     PasswordReservation,
 )
 from .operations import Operation, OperationKind, OperationState
+from .retention import ArchiveBatch, AuditSeal, AuditSealKey, Tenant
 from .system import AuditLog, Notification, SystemParameter
 from .webhooks import WebhookDelivery, WebhookSource
 
 __all__ = [
     "AccessGroup",
     "AccessGroupMember",
+    "ArchiveBatch",
     "AuditLog",
+    "AuditSeal",
+    "AuditSealKey",
     "Certificate",
     "Connectivity",
     "Credential",
@@ -35,6 +39,7 @@ __all__ = [
     "Session",
     "SessionEvent",
     "SystemParameter",
+    "Tenant",
     "User",
     "WebhookDelivery",
     "WebhookSource",
