@@ -331,12 +331,12 @@ def verify_log(db: Session, *, keys: dict[str, bytes] | None, batch: int = 2000,
         if row.prev_hash != prev_hash:
             where = f"row {previous_id}" if previous_id is not None else "the anchor"
             out.broken_at, out.seal_broken = row.id, seal_at(row.id)
-            out.reason = (f"row {row.id}: its prev_hash does not match {where}: a row was "
-                          "removed or inserted there, or the chain re-linked")
+            out.reason = (f"its prev_hash does not match {where}: a row was removed or "
+                          "inserted there, or the chain re-linked")
             return out
         if _row_digest(prev_hash, row) != row.hash:
             out.broken_at, out.seal_broken = row.id, seal_at(row.id)
-            out.reason = f"row {row.id}: its content does not match its hash: it was changed"
+            out.reason = "its content does not match its hash: it was changed after it was written"
             return out
         in_block += 1
         if idx < len(live) and row.id == live[idx].last_id:
