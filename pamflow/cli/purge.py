@@ -157,11 +157,11 @@ def tenant_list(as_json: bool = typer.Option(False, "--json", help="JSON lines."
 
     from pamflow import db
     from pamflow.models import Tenant
-    from pamflow.purge import tenants
+    from pamflow.purge import tenant_names
 
     with Session(db.store()) as s:
         rows = {t.name: t for t in s.exec(select(Tenant))}
-        names = tenants(s)
+        names = tenant_names(s)
     for name in names:
         t = rows.get(name)
         item = {"tenant": name, "removed_at": iso(t.deleted_at) if t else None,

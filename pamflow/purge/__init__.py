@@ -28,7 +28,7 @@ from .engine import (
     conciliate,
     purge_warehouse,
     remove_orphans,
-    tenants,
+    tenant_names,
 )
 from .settings import RetentionError, RetentionSettings, with_parameters
 from .tenants import TenantCleaned, clean_tenants, remove_tenant, restore_tenant
@@ -40,4 +40,4 @@ __all__ = ["ALL_DATASETS", "AUDIT", "DATASETS", "DATA_DATASETS", "LOG_DATASETS",
            "ConciliationResult", "DatasetResult", "Discrepancy", "IdleClosed", "RetentionError",
            "RetentionSettings", "TenantCleaned", "WarehouseResult", "archive_expired",
            "clean_tenants", "close_idle_sessions", "conciliate", "purge_warehouse",
-           "remove_orphans", "remove_tenant", "restore_tenant", "tenants", "with_parameters"]
+           "remove_orphans", "remove_tenant", "restore_tenant", "tenant_names", "with_parameters"]

@@ -104,7 +104,7 @@ class DatasetResult:
         return out
 
 
-def tenants(db: Session) -> list[str]:
+def tenant_names(db: Session) -> list[str]:
     """Every tenant the store knows: devices' tenants and the tenant table's."""
     names = set(db.exec(select(col(Device.tenant)).distinct()).all())
     names |= set(db.exec(select(col(Tenant.name))).all())
@@ -280,7 +280,7 @@ def archive_expired(engine: Engine, settings: RetentionSettings, *,
         remove_orphans(engine, settings)  # by wall-clock age, whatever the control date
     results: list[DatasetResult] = []
     with Session(engine) as db:
-        all_tenants = tenants(db)
+        all_tenants = tenant_names(db)
     if tenant is not None:
         from .tenants import check_tenant_name
 
@@ -395,9 +395,10 @@ def purge_warehouse(engine: Engine, settings: RetentionSettings, *, dry_run: boo
                     audit.record(db, actor, "purge.warehouse_expired", "archive_batch",
                                  rows[-1].id, {"batches": [b.id for b in rows],
                                                "rows": sum(b.rows + b.child_rows for b in rows)})
+                    paths = [b.path for b in rows]
                     db.commit()  # recorded first: a crash leaves files the next run deletes
-                    for b in rows:
-                        archive.resolve(settings.archive_dir, b.path).unlink(missing_ok=True)
+                    for rel in paths:
+                        archive.resolve(settings.archive_dir, rel).unlink(missing_ok=True)
     return out
 
 

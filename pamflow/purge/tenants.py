@@ -96,6 +96,7 @@ def clean_tenants(engine: Engine, settings: RetentionSettings, *, dry_run: bool 
         res = TenantCleaned(t.name, t.deleted_at, dry_run=dry_run)
         out.append(res)
         for name, table, where in _steps(t.name):
+            res.rows[name] = 0
             if dry_run:
                 with Session(engine) as db:
                     res.rows[name] = db.execute(sa.select(sa.func.count()).select_from(table)
@@ -149,9 +150,10 @@ def _drop_archives(engine: Engine, settings: RetentionSettings, tenant: str, now
                 db.add(b)
             audit.record(db, actor, "tenant.archives_deleted", "tenant", tenant,
                          {"batches": [b.id for b in rows]})
+            paths = [b.path for b in rows]
             db.commit()
-        for b in rows:
-            archive.resolve(settings.archive_dir, b.path).unlink(missing_ok=True)
+        for rel in paths:
+            archive.resolve(settings.archive_dir, rel).unlink(missing_ok=True)
         n += len(rows)
 
 
