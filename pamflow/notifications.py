@@ -56,6 +56,8 @@ _CATALOGUE = [
      "Storage is running under 20% of free space"),
     ("Monitoring", "Low disk space - Low criticality", "Storage is running under 30% of free space"),
     ("Devices", "Batch import finished", "A spreadsheet import of devices and credentials ended"),
+    ("Users", "User notification before lock",
+     "Notifying inactive users before lock (and temporary users before they expire)"),
 ]
 
 CATALOGUE: dict[str, NotificationType] = {
