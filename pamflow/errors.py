@@ -16,6 +16,9 @@ never a secret. Each family keeps its own subclasses beside its code:
   ``pamflow.notifications.UnknownNotification``, ``pamflow.platform.AuthFileError``
 - ``pamflow.models.NotStored`` (a row without an id where a stored one is needed),
   ``pamflow.credentials.store.PromoteRefused``, ``pamflow.connectivity.BatchesFailed``
+- ``pamflow.purge.RetentionError`` (a retention setting or purge refused),
+  ``pamflow.audit_seal.SealError`` (the audit log cannot be sealed or moved),
+  ``pamflow.users.UserLifecycleError``
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ row's content.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from prefect import task
@@ -117,5 +116,5 @@ def result_rows(results: list[DatasetResult]) -> list[dict[str, Any]]:
              "kept (unsealed audit)": r.kept_unsealed, "dry run": r.dry_run} for r in results]
 
 
-__all__ = ["archive_expired_rows", "asdict", "clean_removed_tenants", "close_idle",
+__all__ = ["archive_expired_rows", "clean_removed_tenants", "close_idle",
            "conciliate_warehouse", "purge_warehouse_files", "result_rows", "retention_settings"]
