@@ -21,6 +21,9 @@ never a secret. Each family keeps its own subclasses beside its code:
   ``pamflow.credentials.store.PromoteRefused``, ``pamflow.connectivity.BatchesFailed``
 - ``pamflow.syslog.SyslogError`` (a syslog target misconfigured or unreachable),
   ``pamflow.alerts.certificates.CertificateReadError`` (a device's TLS port unreadable)
+- ``pamflow.purge.RetentionError`` (a retention setting or purge refused),
+  ``pamflow.audit_seal.SealError`` (the audit log cannot be sealed or moved),
+  ``pamflow.users.UserLifecycleError``
 """
 
 from __future__ import annotations

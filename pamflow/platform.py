@@ -251,6 +251,7 @@ BLOCK_MODULES = (
     "blocks.ldap_directory",
     "blocks.device_database",
     "blocks.cloud_accounts",
+    "blocks.retention",
 )
 
 

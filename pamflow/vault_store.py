@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .models import (
+    AuditSealKey,
     Credential,
     CredentialHistory,
     SystemParameter,
@@ -68,6 +69,7 @@ _H = table_of(CredentialHistory)
 _W = table_of(WebhookSource)
 _P = table_of(SystemParameter)
 _E = table_of(VaultEntry)
+_K = table_of(AuditSealKey)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,10 @@ SEALED: tuple[SealedColumn, ...] = (
         "vault_entry.secret", _E, "secret",
         lambda: sa.select(_E.c.id, _E.c.secret, _E.c.name),
         lambda row: vault_entry_aad(row[2])),
+    SealedColumn(  # the audit seal signing key (pamflow.audit_seal)
+        "audit_seal_key.secret", _K, "secret",
+        lambda: sa.select(_K.c.id, _K.c.secret, _K.c.key_id),
+        lambda row: f"pamflow:audit-seal-key:{row[2]}".encode()),
 )
 
 

@@ -15,6 +15,7 @@ from . import (
     notifications,
     operations,
     platform,
+    purge,
     reservations,
     vault,
     webhooks,
@@ -39,6 +40,7 @@ COMMAND_MODULES = (
     notifications,
     directory,
     cloud,
+    purge,
 )
 for module in COMMAND_MODULES:
     module.register(app)

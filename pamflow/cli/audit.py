@@ -1,4 +1,4 @@
-"""CLI commands: ``pamflow audit list|verify`` (the tamper-evident audit log)."""
+"""CLI commands: ``pamflow audit list|verify|seal|seal-key`` (the tamper-evident audit log)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import json
 import typer
 from rich.table import Table
 
-from .common import console, fail, iso, json_line, parse_time
+from .common import actor, console, fail, iso, json_line, parse_time
 
 audit_app = typer.Typer(help="The tamper-evident audit log: list (filter by actor, action, "
-                             "object, time), verify the hash chain.", no_args_is_help=True)
+                             "object, time), verify the hash chain and its seals, seal it.",
+                        no_args_is_help=True)
 
 
 @audit_app.command("list")
@@ -61,21 +62,89 @@ def list_entries(
 @audit_app.command("verify")
 def verify(
     batch: int = typer.Option(1000, min=1, max=100_000, help="Rows read at a time."),
+    public_key: list[str] = typer.Option(None, "--public-key",
+                                         help="Check seal signatures with this Ed25519 public "
+                                              "key (base64; `pamflow audit seal-key`) instead "
+                                              "of the vault's."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
-    """Walk the hash chain from the first entry to the last (streamed, never all in memory).
+    """Check the seals and walk the hash chain from its anchor to the last entry (streamed).
 
-    Prints the number of entries checked and "intact", or the first broken entry and why,
-    and exits 1. (The removal of the very last entries cannot be seen from the chain.)
+    Seals (``pamflow audit seal``, the tamper-proof-log robot) are checked for their
+    numbers, their chain and their Ed25519 signatures (with the key in pamflow's vault, or
+    ``--public-key``); every sealed block's row count and last hash are checked while the
+    chain is walked. Prints "intact", or the first altered, removed or inserted entry and
+    the seal it breaks, and exits 1. After the data archiver moved old blocks to the
+    archive, the walk starts from the newest archived block's seal.
     """
-    from pamflow import audit, db
+    from pamflow import audit_seal, db
+    from pamflow.vault import VaultError, vault
 
     with db.session() as s:
-        check = audit.check_chain(s, batch=batch)
-    if check.intact:
-        typer.echo(f"audit log intact: {check.rows} entries checked")
+        note = None
+        try:
+            keys = audit_seal.public_keys(s, None if public_key else vault(), public_key or ())
+        except audit_seal.SealError as exc:
+            fail(f"pamflow: {exc}", code=2)
+        except VaultError as exc:
+            keys, note = None, f"seal signatures NOT checked ({exc})"
+        check = audit_seal.verify_log(s, keys=keys, batch=batch)
+    if note:
+        check.notes.append(note)
+    if as_json:
+        json_line(check.as_dict())
+        if not check.intact:
+            raise typer.Exit(1)
         return
+    if check.intact:
+        signed = "signatures checked" if check.signatures_checked else "signatures NOT checked"
+        typer.echo(f"audit log intact: {check.rows} entries checked; {check.seals} seal(s) "
+                   f"hold ({signed}), {check.archived_seals} of them archived; "
+                   f"{check.unsealed_rows} entries not yet sealed")
+        for n in check.notes:
+            typer.echo(n)
+        return
+    breaks = f"; it breaks seal #{check.seal_broken}" if check.seal_broken else ""
+    if check.broken_at is None:
+        fail(f"audit log seals broken: {check.reason}")
     fail(f"audit log broken at entry {check.broken_at} ({check.rows} entries checked): "
-         f"{check.reason}")
+         f"{check.reason}{breaks}")
+
+
+@audit_app.command("seal")
+def seal_cmd(
+    block_rows: int = typer.Option(5000, min=1, max=1_000_000, help="Rows per sealed block."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines, one per seal made."),
+) -> None:
+    """Seal the audit rows not yet sealed (what the tamper-proof-log robot does)."""
+    from pamflow import audit_seal, db
+    from pamflow.vault import vault
+
+    try:
+        made = audit_seal.seal(db.store(), vault(), block_rows=block_rows,
+                               actor=actor())
+    except audit_seal.SealError as exc:
+        fail(f"pamflow: {exc}", code=2)
+    for m in made:
+        if as_json:
+            json_line({"seal": m.number, "after_id": m.after_id, "last_id": m.last_id,
+                       "count": m.count, "head_hash": m.head_hash})
+        else:
+            typer.echo(f"seal #{m.number}: entries {m.after_id + 1}-{m.last_id} ({m.count})")
+    if not made and not as_json:
+        typer.echo("nothing to seal")
+
+
+@audit_app.command("seal-key")
+def seal_key() -> None:
+    """Print the seal signing key's public key (base64), to verify away from the vault."""
+    from pamflow import audit_seal, db
+    from pamflow.vault import vault
+
+    with db.session() as s:
+        text = audit_seal.export_public_key(s, vault())
+        s.commit()
+    typer.echo(text)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ from .inventory import (
     PasswordReservation,
 )
 from .operations import Operation, OperationKind, OperationState
+from .retention import ArchiveBatch, AuditSeal, AuditSealKey, Tenant
 from .system import (
     AuditLog,
     DutyState,
@@ -36,7 +37,10 @@ from .webhooks import WebhookDelivery, WebhookSource
 __all__ = [
     "AccessGroup",
     "AccessGroupMember",
+    "ArchiveBatch",
     "AuditLog",
+    "AuditSeal",
+    "AuditSealKey",
     "Certificate",
     "CertificateAlert",
     "ConfigChange",
@@ -62,6 +66,7 @@ __all__ = [
     "Session",
     "SessionEvent",
     "SystemParameter",
+    "Tenant",
     "User",
     "VaultEntry",
     "WebhookDelivery",

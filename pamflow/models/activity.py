@@ -81,6 +81,9 @@ class User(SQLModel, table=True):
     status: str = "active"
     temporary_until: datetime | None = None
     last_login_at: datetime | None = None
+    locked_until: datetime | None = None  # a temporary lock: unlocked after this time
+    locked_reason: str | None = None
+    lock_warned_at: datetime | None = None  # the notification before lock was queued
     created_at: datetime = Field(default_factory=utcnow)
     tenant: str = Field(default="default", sa_column=sa.Column(sa.String(255), nullable=False,
                                                                server_default="default"))
