@@ -55,6 +55,11 @@ _CATALOGUE = [
     ("Monitoring", "Low disk space - Medium criticality",
      "Storage is running under 20% of free space"),
     ("Monitoring", "Low disk space - Low criticality", "Storage is running under 30% of free space"),
+    ("Monitoring", "CPU Usage - Back to normal",
+     "CPU usage went back under the high level after a high or critical episode (pamflow)"),
+    ("Monitoring", "Memory Usage - Back to normal",
+     "RAM usage went back under the high level after a high or critical episode (pamflow)"),
+    ("Monitoring", "Space disk - Daily notification", "Storage usage daily report"),
     ("Devices", "Batch import finished", "A spreadsheet import of devices and credentials ended"),
 ]
 

@@ -11,6 +11,7 @@ from .inventory import (
     HostKey,
     PasswordReservation,
 )
+from .monitors import MonitorState
 from .operations import Operation, OperationKind, OperationState
 from .system import AuditLog, Notification, SystemParameter
 from .webhooks import WebhookDelivery, WebhookSource
@@ -26,6 +27,7 @@ __all__ = [
     "CredentialStatus",
     "Device",
     "HostKey",
+    "MonitorState",
     "NotStored",
     "Notification",
     "Operation",

@@ -1,0 +1,34 @@
+"""System monitors (seeds 000 and 003): CPU and memory, disk space, services and listeners.
+
+``system_monitor`` runs every 10 minutes: the CPU average since the previous run is exact
+(cumulative counters), memory and disk are sampled, and each alert is raised once per
+episode or threshold crossing (state in the store). The rules are in ``pamflow.monitors``.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.monitors import check_cpu_and_memory, check_disk_space, load_settings, publish_system_report
+
+
+@flow(name="system-monitor")
+def system_monitor(settings: str = "default") -> dict:
+    """CPU and Memory Monitor: notify configured users about system monitor warnings;
+    Disk space monitors: notify configured users about disk usage warnings.
+
+    ``settings`` names the Monitor thresholds block (the seeds' defaults without one).
+    """
+    limits = load_settings(settings)
+    usage = check_cpu_and_memory(limits)
+    disks = check_disk_space(limits)
+    alerts = usage.alerts + disks.alerts
+    errors = [d.error for d in disks.mounts if d.error]
+    publish_system_report(usage, disks, alerts=alerts, errors=errors)
+    return {
+        "cpu": next(m.level for m in usage.metrics if m.metric == "cpu"),
+        "memory": next(m.level for m in usage.metrics if m.metric == "memory"),
+        "disks": {d.mount: d.free_percent for d in disks.mounts},
+        "alerts": alerts,
+        "errors": errors,
+    }

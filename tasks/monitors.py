@@ -1,0 +1,74 @@
+"""System monitor tasks: pamflow.monitors wrapped for Prefect (settings from the block,
+the store, artifacts). One task run per monitor, never per mount or listener."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
+    from pamflow.monitors.disk import DiskReport
+    from pamflow.monitors.settings import MonitorSettings
+    from pamflow.monitors.usage import UsageReport
+
+
+@task(name="load-monitor-settings", retries=2, retry_delay_seconds=5)
+def load_settings(name: str = "default") -> MonitorSettings:
+    """The thresholds block ``name`` (the seeds' defaults when it does not exist)."""
+    from blocks.monitor_thresholds import load_monitor_settings
+
+    return load_monitor_settings(name)
+
+
+@task(name="cpu-and-memory-monitor")
+def check_cpu_and_memory(settings: MonitorSettings) -> UsageReport:
+    """Add this run's CPU interval and memory samples, raise or end episodes."""
+    from pamflow.db import store
+    from pamflow.monitors.usage import PsutilUsage, check_usage
+
+    return check_usage(store(), PsutilUsage(), settings)
+
+
+@task(name="disk-space-monitor")
+def check_disk_space(settings: MonitorSettings) -> DiskReport:
+    """Free space of each configured mount against the 30/20/10 % lines."""
+    from pamflow.db import store
+    from pamflow.monitors.disk import check_disks
+
+    return check_disks(store(), settings)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def publish_system_report(usage: UsageReport | None, disks: DiskReport | None,
+                          extra_rows: list[dict[str, Any]] | None = None,
+                          alerts: list[str] | None = None, errors: list[str] | None = None
+                          ) -> None:
+    """One table of everything this run measured and a markdown summary of its alerts."""
+    rows: list[dict[str, Any]] = []
+    if usage is not None:
+        for m in usage.metrics:
+            rows.append({"monitor": m.metric, "object": usage.host,
+                         "value": f"{_pct(m.newest)} % used (window min {_pct(m.sustained)} %)",
+                         "state": m.level, "alert": m.alert or ""})
+    if disks is not None:
+        for d in disks.mounts:
+            rows.append({"monitor": "disk", "object": d.mount,
+                         "value": d.error or f"{_pct(d.free_percent)} % free",
+                         "state": ["ok", "low", "medium", "high"][d.level], "alert": d.alert or ""})
+    rows += extra_rows or []
+    create_table_artifact(table=rows or [{"monitor": "-", "object": "-", "value": "-",
+                                          "state": "-", "alert": ""}],
+                          key="system-monitor-readings",
+                          description=f"System monitor: {len(rows)} readings")
+    raised = alerts or []
+    lines = ["# System monitor", "", f"{len(rows)} readings, {len(raised)} alerts queued.", ""]
+    lines += [f"- {a}" for a in raised] or ["No alert: nothing crossed a line or ended an episode."]
+    if errors:
+        lines += ["", "**Could not check**:"] + [f"- {e}" for e in errors]
+    create_markdown_artifact(markdown="\n".join(lines), key="system-monitor-summary",
+                             description="System monitor summary")
