@@ -9,26 +9,37 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.monitors import check_cpu_and_memory, check_disk_space, load_settings, publish_system_report
+from tasks.monitors import (
+    check_cpu_and_memory,
+    check_disk_space,
+    check_services_and_listeners,
+    load_settings,
+    publish_system_report,
+)
 
 
 @flow(name="system-monitor")
 def system_monitor(settings: str = "default") -> dict:
     """CPU and Memory Monitor: notify configured users about system monitor warnings;
-    Disk space monitors: notify configured users about disk usage warnings.
+    Disk space monitors: notify configured users about disk usage warnings;
+    services and listeners in the states of Appendix I (LISTEN ... CLOSED, ACTIVE,
+    INACTIVE, DISABLED), notified on change.
 
     ``settings`` names the Monitor thresholds block (the seeds' defaults without one).
     """
     limits = load_settings(settings)
     usage = check_cpu_and_memory(limits)
     disks = check_disk_space(limits)
-    alerts = usage.alerts + disks.alerts
+    states = check_services_and_listeners(limits)
+    alerts = usage.alerts + disks.alerts + states.alerts
     errors = [d.error for d in disks.mounts if d.error]
-    publish_system_report(usage, disks, alerts=alerts, errors=errors)
+    publish_system_report(usage, disks, states, alerts=alerts, errors=errors)
     return {
         "cpu": next(m.level for m in usage.metrics if m.metric == "cpu"),
         "memory": next(m.level for m in usage.metrics if m.metric == "memory"),
         "disks": {d.mount: d.free_percent for d in disks.mounts},
+        "services": {r.name: r.state for r in states.results if r.kind == "service"},
+        "listeners": {r.name: r.state for r in states.results if r.kind == "listener"},
         "alerts": alerts,
         "errors": errors,
     }

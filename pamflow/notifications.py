@@ -60,6 +60,10 @@ _CATALOGUE = [
     ("Monitoring", "Memory Usage - Back to normal",
      "RAM usage went back under the high level after a high or critical episode (pamflow)"),
     ("Monitoring", "Space disk - Daily notification", "Storage usage daily report"),
+    ("Monitoring", "Service state changed",
+     "A part of the platform became ACTIVE, INACTIVE or DISABLED (pamflow)"),
+    ("Monitoring", "Listener state changed",
+     "A watched TCP listener changed state, e.g. LISTEN to CLOSED (pamflow)"),
     ("Devices", "Batch import finished", "A spreadsheet import of devices and credentials ended"),
 ]
 

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
     from pamflow.monitors.disk import DiskReport
+    from pamflow.monitors.listeners import ListenersReport, ServiceCheck
     from pamflow.monitors.settings import MonitorSettings
     from pamflow.monitors.usage import UsageReport
 
@@ -40,12 +41,74 @@ def check_disk_space(settings: MonitorSettings) -> DiskReport:
     return check_disks(store(), settings)
 
 
+def prefect_server_check() -> ServiceCheck:
+    """The Prefect server this run talks to: ACTIVE when its health check answers."""
+    from prefect.client.orchestration import get_client
+
+    from pamflow.monitors.listeners import ServiceCheck
+
+    with get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+        url = str(client.api_url)
+    if failure is not None:
+        return ServiceCheck("INACTIVE", f"{url}: {type(failure).__name__}: {str(failure)[:200]}")
+    return ServiceCheck("ACTIVE", url)
+
+
+def worker_check(pool: str) -> ServiceCheck:
+    """The work pool's workers: ACTIVE with one online, INACTIVE with none, DISABLED when
+    the pool is paused or does not exist."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from pamflow.monitors.listeners import ServiceCheck
+
+    with get_client(sync_client=True) as client:
+        try:
+            work_pool = client.read_work_pool(pool)
+        except ObjectNotFound:
+            return ServiceCheck("DISABLED", f"work pool {pool} does not exist")
+        if work_pool.is_paused:
+            return ServiceCheck("DISABLED", f"work pool {pool} is paused")
+        workers = client.read_workers_for_work_pool(pool)
+    online = sorted(w.name for w in workers if str(getattr(w.status, "value", w.status)) == "ONLINE")
+    if online:
+        return ServiceCheck("ACTIVE", f"{len(online)} online in {pool}: {', '.join(online[:5])}")
+    return ServiceCheck("INACTIVE", f"no worker online in work pool {pool}")
+
+
+@task(name="services-and-listeners-monitor")
+def check_services_and_listeners(settings: MonitorSettings) -> ListenersReport:
+    """The platform's parts (Prefect server, worker, gateway, database, SMTP relay) and the
+    configured TCP listeners, in the states of Appendix I; a change is alerted once."""
+    from pamflow.db import store
+    from pamflow.monitors.listeners import (
+        ServiceCheck,
+        check_listeners_and_services,
+        database_alive,
+        http_health,
+        smtp_banner,
+    )
+
+    engine = store()
+    gateway = settings.gateway_url
+    services = {
+        "prefect-server": prefect_server_check,
+        "worker": lambda: worker_check(settings.work_pool),
+        "gateway": (lambda: http_health(gateway.rstrip("/") + "/health")) if gateway
+        else (lambda: ServiceCheck("DISABLED", "no gateway configured")),
+        "database": lambda: database_alive(engine),
+        "smtp-relay": lambda: smtp_banner(settings.smtp_relay),
+    }
+    return check_listeners_and_services(engine, settings.listeners, services)
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
 def publish_system_report(usage: UsageReport | None, disks: DiskReport | None,
-                          extra_rows: list[dict[str, Any]] | None = None,
+                          states: ListenersReport | None = None,
                           alerts: list[str] | None = None, errors: list[str] | None = None
                           ) -> None:
     """One table of everything this run measured and a markdown summary of its alerts."""
@@ -60,7 +123,10 @@ def publish_system_report(usage: UsageReport | None, disks: DiskReport | None,
             rows.append({"monitor": "disk", "object": d.mount,
                          "value": d.error or f"{_pct(d.free_percent)} % free",
                          "state": ["ok", "low", "medium", "high"][d.level], "alert": d.alert or ""})
-    rows += extra_rows or []
+    if states is not None:
+        for r in states.results:
+            rows.append({"monitor": r.kind, "object": r.name, "value": r.detail[:120],
+                         "state": r.state, "alert": r.alert or ""})
     create_table_artifact(table=rows or [{"monitor": "-", "object": "-", "value": "-",
                                           "state": "-", "alert": ""}],
                           key="system-monitor-readings",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -72,7 +73,6 @@ class MonitorSettings(BaseModel):
     disk_high: float = Field(default=10.0, gt=0, lt=100)
 
     listeners: tuple[Listener, ...] = ()
-    prefect_api_url: str | None = Field(default=None, description="Default: PREFECT_API_URL.")
     work_pool: str = "process"
     gateway_url: str | None = Field(default="http://127.0.0.1:4280",
                                     description="The webhook gateway; None: not deployed.")
@@ -112,10 +112,14 @@ class MonitorSettings(BaseModel):
             raise ValueError(f"smtp_relay {v[:60]!r} must be host:port")
         return f"{check_host(host)}:{int(port)}"
 
-    @field_validator("gateway_url", "prefect_api_url")
+    @field_validator("gateway_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", v):
+        if v is None:
+            return v
+        if "@" in urlsplit(v).netloc:
+            raise ValueError("gateway_url must not carry credentials (user:password@)")
+        if not re.match(r"^https?://[^\s/@]+(/[^\s]*)?$", v):
             raise ValueError(f"{v[:60]!r} is not an http(s) URL")
         return v
 
