@@ -1,4 +1,6 @@
-"""System monitors (seeds 000 and 003): CPU and memory, disk space, services and listeners.
+"""System monitors (seeds 000, 002 Appendix I and 003), in two robots.
+
+``platform_monitor`` runs hourly: primary keys of the store, the backup, the schedule.
 
 ``system_monitor`` runs every 10 minutes: the CPU average since the previous run is exact
 (cumulative counters), memory and disk are sampled, and each alert is raised once per
@@ -10,10 +12,14 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.monitors import (
+    check_backups,
     check_cpu_and_memory,
     check_disk_space,
+    check_primary_keys,
+    check_schedule,
     check_services_and_listeners,
     load_settings,
+    publish_platform_report,
     publish_system_report,
 )
 
@@ -42,4 +48,26 @@ def system_monitor(settings: str = "default") -> dict:
         "listeners": {r.name: r.state for r in states.results if r.kind == "listener"},
         "alerts": alerts,
         "errors": errors,
+    }
+
+
+@flow(name="platform-monitor")
+def platform_monitor(settings: str = "default") -> dict:
+    """Primary key monitor: monitors the database primary key and warning if its value is
+    close to reaching; Backup monitor: monitors if the database is configured and running
+    and if the backup files are updated; Schedule monitor: monitors if all scheduled tasks
+    are running and if there is no late task.
+    """
+    limits = load_settings(settings)
+    keys = check_primary_keys(limits)
+    backup = check_backups(limits)
+    schedule = check_schedule(limits)
+    alerts = keys.alerts + ([f"{backup.alert}: {backup.detail}"] if backup.alert else []) \
+        + schedule.alerts
+    publish_platform_report(keys, backup, schedule, alerts)
+    return {
+        "keys": {f"{k.table}.{k.column}": k.percent for k in keys.keys},
+        "backup": backup.problem or "ok",
+        "schedule_problems": [p.line() for p in schedule.problems],
+        "alerts": alerts,
     }

@@ -64,6 +64,13 @@ _CATALOGUE = [
      "A part of the platform became ACTIVE, INACTIVE or DISABLED (pamflow)"),
     ("Monitoring", "Listener state changed",
      "A watched TCP listener changed state, e.g. LISTEN to CLOSED (pamflow)"),
+    ("Monitoring", "Primary key near its maximum",
+     "A primary key of the store is close to the largest value of its type (pamflow)"),
+    ("Monitoring", "Backup not fresh",
+     "No backup is configured, or the newest backup file is missing or older than allowed "
+     "(pamflow)"),
+    ("Monitoring", "Scheduled robot problem",
+     "A robot's run is late, missing, stuck Running or crashed (pamflow)"),
     ("Devices", "Batch import finished", "A spreadsheet import of devices and credentials ended"),
 ]
 

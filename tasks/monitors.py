@@ -3,14 +3,18 @@ the store, artifacts). One task run per monitor, never per mount or listener."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
+    from pamflow.monitors.backup import BackupReport
     from pamflow.monitors.disk import DiskReport
+    from pamflow.monitors.keys import KeysReport
     from pamflow.monitors.listeners import ListenersReport, ServiceCheck
+    from pamflow.monitors.schedule import RunFact, ScheduledRobot, ScheduleReport
     from pamflow.monitors.settings import MonitorSettings
     from pamflow.monitors.usage import UsageReport
 
@@ -101,6 +105,142 @@ def check_services_and_listeners(settings: MonitorSettings) -> ListenersReport:
         "smtp-relay": lambda: smtp_banner(settings.smtp_relay),
     }
     return check_listeners_and_services(engine, settings.listeners, services)
+
+
+@task(name="primary-key-monitor")
+def check_primary_keys(settings: MonitorSettings) -> KeysReport:
+    """Integer primary keys of the store against their type's maximum."""
+    from pamflow.db import store
+    from pamflow.monitors.keys import check_keys
+
+    return check_keys(store(), settings)
+
+
+@task(name="backup-monitor")
+def check_backups(settings: MonitorSettings) -> BackupReport:
+    """The store answers, a backup is configured and its newest file is fresh."""
+    from pamflow.db import store
+    from pamflow.monitors.backup import check_backup
+
+    return check_backup(store(), settings)
+
+
+PAGE = 200
+MAX_RUNS = 20_000
+
+
+def _fire_times(schedule: Any, start: datetime, end: datetime) -> list[datetime]:
+    """The fire times of a deployment's schedule in ``[start, end]`` (the server's own
+    schedule arithmetic: cron with its time zone and day_or, interval, rrule)."""
+    from prefect.server.schemas import schedules as server_schedules
+
+    kind = getattr(server_schedules, type(schedule).__name__, None)
+    if kind is None:
+        return []
+    server_side = kind.model_validate(schedule.model_dump())
+    return [d for d in server_side._get_dates_generator(start=start, end=end) if start <= d <= end]
+
+
+def read_schedule_facts(now: datetime, settings: MonitorSettings
+                        ) -> tuple[list[ScheduledRobot], list[RunFact]]:
+    """From the Prefect API: every deployment with its active schedules' fire times over the
+    look-back window (never before the deployment or schedule existed), and the flow runs
+    of deployments expected in that window or Running now."""
+    from datetime import timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from pamflow.monitors.schedule import RunFact, ScheduledRobot
+
+    since = now - timedelta(hours=settings.schedule_lookback_hours)
+    robots: list[ScheduledRobot] = []
+    names: dict[str, str] = {}
+    runs: dict[str, RunFact] = {}
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            page = client.read_deployments(limit=PAGE, offset=offset)
+            for dep in page:
+                names[str(dep.id)] = dep.name
+                fires: set[datetime] = set()
+                for sched in dep.schedules or []:
+                    if not sched.active:
+                        continue
+                    start = max(since, dep.created or since, sched.created or since)
+                    fires.update(_fire_times(sched.schedule, start, now))
+                if fires:
+                    robots.append(ScheduledRobot(dep.name, str(dep.id), bool(dep.paused),
+                                                 tuple(sorted(fires))))
+            if len(page) < PAGE:
+                break
+            offset += PAGE
+        has_deployment = FlowRunFilterDeploymentId(is_null_=False)
+        for run_filter in (
+            FlowRunFilter(deployment_id=has_deployment,
+                          expected_start_time=FlowRunFilterExpectedStartTime.model_validate(
+                              {"after_": since, "before_": now})),
+            FlowRunFilter(deployment_id=has_deployment, state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
+        ):
+            offset = 0
+            while offset < MAX_RUNS:
+                batch = client.read_flow_runs(flow_run_filter=run_filter, limit=PAGE, offset=offset)
+                for run in batch:
+                    dep_id = str(run.deployment_id)
+                    runs[str(run.id)] = RunFact(
+                        str(run.id), run.name, names.get(dep_id, dep_id), dep_id,
+                        str(getattr(run.state_type, "value", run.state_type)),
+                        run.state_name or "", run.expected_start_time, run.start_time,
+                        run.end_time)
+                if len(batch) < PAGE:
+                    break
+                offset += PAGE
+    return robots, list(runs.values())
+
+
+@task(name="schedule-monitor")
+def check_schedule(settings: MonitorSettings, now: datetime | None = None) -> ScheduleReport:
+    """Robots whose runs are late, missing, stuck Running or crashed (from the Prefect API)."""
+    from pamflow.db import store
+    from pamflow.models import utcnow
+    from pamflow.monitors.schedule import check_schedules
+
+    at = now or utcnow()
+    robots, runs = read_schedule_facts(at, settings)
+    return check_schedules(store(), robots, runs, at, settings)
+
+
+def publish_platform_report(keys: KeysReport, backup: BackupReport, schedule: ScheduleReport,
+                            alerts: list[str]) -> None:
+    """The primary keys, the backup and the schedule problems as artifacts of the run."""
+    rows: list[dict[str, Any]] = [
+        {"monitor": "primary key", "object": f"{k.table}.{k.column}",
+         "value": f"{k.current:,} of {k.maximum:,} ({k.percent:.2f} %)",
+         "state": ["ok", "high", "critical"][k.level]} for k in keys.keys]
+    rows.append({"monitor": "backup", "object": "backup", "value": backup.detail,
+                 "state": backup.problem or "ok"})
+    rows += [{"monitor": "schedule", "object": p.robot, "value": p.line(), "state": p.kind}
+             for p in schedule.problems[:500]]
+    create_table_artifact(table=rows, key="platform-monitor-readings",
+                          description=f"Platform monitor: {len(keys.keys)} keys, backup, "
+                                      f"{len(schedule.problems)} schedule problems")
+    lines = ["# Platform monitor", "",
+             "| keys | highest key use | backup | schedule problems | new | alerts |",
+             "|---:|---:|---|---:|---:|---:|",
+             f"| {len(keys.keys)} | {max((k.percent for k in keys.keys), default=0):.2f} % | "
+             f"{backup.problem or 'ok'} | {len(schedule.problems)} | {len(schedule.new)} | "
+             f"{len(alerts)} |", ""]
+    lines += [f"- {a}" for a in alerts[:100]] or ["No new alert."]
+    create_markdown_artifact(markdown="\n".join(lines), key="platform-monitor-summary",
+                             description="Platform monitor summary")
 
 
 def _pct(value: float | None) -> str:
