@@ -270,3 +270,30 @@ def test_system_monitor_flow_reads_its_block_and_publishes(store, tmpfs, prefect
     assert "Low disk space - Medium criticality" in by_type["markdown"].data
     # a second run alerts nothing new
     assert system_monitor(settings="monitor-flow-test")["alerts"] == []
+
+
+def test_cli_monitors_status(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from pamflow.cli import app
+
+    s = Script()
+    check_usage(store, s.at(0, 0, 95), MonitorSettings(), host="pam1")
+    check_usage(store, s.at(600, 95, 95), MonitorSettings(), host="pam1")
+    check_disks(store, MonitorSettings(disk_mounts=(str(tmp_path),)), usage=lambda m: (100, 5))
+    runner = CliRunner()
+    out = runner.invoke(app, ["monitors", "status", "--json"], env={"COLUMNS": "250"})
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.output.splitlines()]
+    assert [row["key"] for row in lines] == [f"disk:{tmp_path}", "usage"]
+    assert lines[1]["state"] == {"episodes": {
+        "cpu": {"level": "critical", "since": "2026-01-05T12:10:00+00:00", "peak": 95.0},
+        "memory": {"level": "critical", "since": "2026-01-05T12:10:00+00:00", "peak": 95.0}}}
+    table = runner.invoke(app, ["monitors", "status"], env={"COLUMNS": "250"})
+    assert "cpu critical, memory critical" in table.output and f"disk:{tmp_path}" in table.output
+    only = runner.invoke(app, ["monitors", "status", "--prefix", "disk:", "--json"])
+    assert [json.loads(line)["key"] for line in only.output.splitlines()] == [f"disk:{tmp_path}"]
+    for hostile in ("x" * 400, "a\x00b"):
+        bad = runner.invoke(app, ["monitors", "status", "--prefix", hostile])
+        assert bad.exit_code == 2 and "--prefix" in bad.output and "Traceback" not in bad.output
+    assert runner.invoke(app, ["monitors", "status", "--prefix", "%_'; DROP TABLE x; --"]).exit_code == 0
