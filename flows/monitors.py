@@ -18,6 +18,8 @@ from tasks.monitors import (
     check_primary_keys,
     check_schedule,
     check_services_and_listeners,
+    create_alarms,
+    delete_closed_alarms,
     load_settings,
     publish_platform_report,
     publish_system_report,
@@ -29,7 +31,8 @@ def system_monitor(settings: str = "default") -> dict:
     """CPU and Memory Monitor: notify configured users about system monitor warnings;
     Disk space monitors: notify configured users about disk usage warnings;
     services and listeners in the states of Appendix I (LISTEN ... CLOSED, ACTIVE,
-    INACTIVE, DISABLED), notified on change.
+    INACTIVE, DISABLED), notified on change; alarms created from the alarm definitions
+    and these diagnostic values.
 
     ``settings`` names the Monitor thresholds block (the seeds' defaults without one).
     """
@@ -37,7 +40,8 @@ def system_monitor(settings: str = "default") -> dict:
     usage = check_cpu_and_memory(limits)
     disks = check_disk_space(limits)
     states = check_services_and_listeners(limits)
-    alerts = usage.alerts + disks.alerts + states.alerts
+    alarms = create_alarms(usage, disks)
+    alerts = usage.alerts + disks.alerts + states.alerts + alarms.alerts
     errors = [d.error for d in disks.mounts if d.error]
     publish_system_report(usage, disks, states, alerts=alerts, errors=errors)
     return {
@@ -46,6 +50,7 @@ def system_monitor(settings: str = "default") -> dict:
         "disks": {d.mount: d.free_percent for d in disks.mounts},
         "services": {r.name: r.state for r in states.results if r.kind == "service"},
         "listeners": {r.name: r.state for r in states.results if r.kind == "listener"},
+        "alarms": {"opened": alarms.opened, "closed": alarms.closed, "open": alarms.open_now},
         "alerts": alerts,
         "errors": errors,
     }
@@ -56,12 +61,13 @@ def platform_monitor(settings: str = "default") -> dict:
     """Primary key monitor: monitors the database primary key and warning if its value is
     close to reaching; Backup monitor: monitors if the database is configured and running
     and if the backup files are updated; Schedule monitor: monitors if all scheduled tasks
-    are running and if there is no late task.
+    are running and if there is no late task; closed alarms older than six months deleted.
     """
     limits = load_settings(settings)
     keys = check_primary_keys(limits)
     backup = check_backups(limits)
     schedule = check_schedule(limits)
+    alarms_deleted = delete_closed_alarms()
     alerts = keys.alerts + ([f"{backup.alert}: {backup.detail}"] if backup.alert else []) \
         + schedule.alerts
     publish_platform_report(keys, backup, schedule, alerts)
@@ -69,5 +75,6 @@ def platform_monitor(settings: str = "default") -> dict:
         "keys": {f"{k.table}.{k.column}": k.percent for k in keys.keys},
         "backup": backup.problem or "ok",
         "schedule_problems": [p.line() for p in schedule.problems],
+        "closed_alarms_deleted": alarms_deleted,
         "alerts": alerts,
     }

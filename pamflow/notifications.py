@@ -71,6 +71,8 @@ _CATALOGUE = [
      "(pamflow)"),
     ("Monitoring", "Scheduled robot problem",
      "A robot's run is late, missing, stuck Running or crashed (pamflow)"),
+    ("Monitoring", "Alarm opened",
+     "An alarm definition's condition held for its duration: an alarm opened (pamflow)"),
     ("Devices", "Batch import finished", "A spreadsheet import of devices and credentials ended"),
 ]
 

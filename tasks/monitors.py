@@ -10,6 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
+    from pamflow.monitors.alarms import AlarmsReport
     from pamflow.monitors.backup import BackupReport
     from pamflow.monitors.disk import DiskReport
     from pamflow.monitors.keys import KeysReport
@@ -105,6 +106,34 @@ def check_services_and_listeners(settings: MonitorSettings) -> ListenersReport:
         "smtp-relay": lambda: smtp_banner(settings.smtp_relay),
     }
     return check_listeners_and_services(engine, settings.listeners, services)
+
+
+@task(name="create-alarms")
+def create_alarms(usage: UsageReport, disks: DiskReport) -> AlarmsReport:
+    """Alarm definitions against this run's diagnostic values: open and close alarms."""
+    from pamflow.db import store
+    from pamflow.models import utcnow
+    from pamflow.monitors.alarms import Reading, evaluate
+
+    now = utcnow()
+    readings: dict[str, Reading] = {}
+    for m in usage.metrics:
+        if m.newest is not None:
+            readings[f"{m.metric}_percent"] = Reading(m.newest, m.newest_since or now)
+    for d in disks.mounts:
+        if d.free_percent is not None:
+            readings[f"disk_free_percent:{d.mount}"] = Reading(d.free_percent, now)
+    return evaluate(store(), readings, now, usage.host)
+
+
+@task(name="delete-closed-alarms")
+def delete_closed_alarms() -> int:
+    """Closed alarms older than six months, deleted in batches."""
+    from pamflow.db import store
+    from pamflow.models import utcnow
+    from pamflow.monitors.alarms import delete_closed
+
+    return delete_closed(store(), utcnow())
 
 
 @task(name="primary-key-monitor")

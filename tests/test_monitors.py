@@ -148,6 +148,58 @@ def test_real_cpu_load_is_measured_from_the_kernel_counters(store, cpu_burners):
     assert [t for t, _ in notes(store)] == [cpu.alert]
 
 
+@pytest.fixture
+def memory_hog():
+    """Start a process holding ``share`` of the machine's RAM (pages written, so really
+    used), and kill it (by pid) afterwards."""
+    import psutil
+
+    procs: list[subprocess.Popen] = []
+
+    def start(share: float) -> subprocess.Popen:
+        size = int(psutil.virtual_memory().total * share)
+        proc = subprocess.Popen([sys.executable, "-c", f"import sys, time\nb = b'\\x01' * {size}\n"
+                                 "print('ready', flush=True)\ntime.sleep(600)"],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_real_memory_hog_raises_and_ends_an_episode(store, memory_hog):
+    """psutil against a real memory hog (8 % of RAM), the high line set 4 points over the
+    machine's use before it and the window shortened to 2 seconds by settings. The monitor
+    is run every 0.3 s until its samples cover the window (a busy machine delays runs)."""
+    import psutil
+
+    before = psutil.virtual_memory().percent
+    if before > 85:
+        pytest.fail(f"memory hog test: the machine already uses {before} % of RAM", pytrace=False)
+    cfg = MonitorSettings(window_seconds=2, tolerance_seconds=1, memory_high=before + 4,
+                          memory_critical=99.9)
+    hog = memory_hog(0.08)
+    seen = []
+    deadline = time.monotonic() + 60
+    while not any(m.alert for m in seen) and time.monotonic() < deadline:
+        memory = check_usage(store, PsutilUsage(), cfg, host="pam1").metrics[1]
+        assert memory.newest is not None and memory.newest >= before + 4, (before, memory)
+        seen.append(memory)
+        time.sleep(0.3)
+    assert [(m.level, m.alert) for m in seen if m.alert] == [("high", "Memory Usage - High")]
+    assert seen[-1].sustained is not None and seen[-1].sustained >= before + 4
+    hog.kill()
+    hog.wait()
+    after = check_usage(store, PsutilUsage(), cfg, host="pam1").metrics[1]
+    assert (after.level, after.alert) == ("normal", "Memory Usage - Back to normal")
+    assert [t for t, _ in notes(store) if t.startswith("Memory")] == [
+        "Memory Usage - High", "Memory Usage - Back to normal"]
+
+
 def test_disk_levels_are_notified_once_per_crossing(store, tmp_path):
     mount = tmp_path / "data"
     mount.mkdir()
@@ -250,7 +302,12 @@ def test_system_monitor_flow_reads_its_block_and_publishes(store, tmpfs, prefect
     from blocks.monitor_thresholds import MonitorThresholdsBlock
     from flows.monitors import system_monitor
 
+    from pamflow.monitors.alarms import define
+
     fill_to(tmpfs, 15)
+    with Session(store) as db:
+        define(db, "tmpfs-full", f"disk_free_percent:{tmpfs}", "<", 50, 0, "medium", "test")
+        db.commit()
     MonitorThresholdsBlock(disk_mounts=(str(tmpfs),)).save("monitor-flow-test", overwrite=True)
     state = system_monitor(settings="monitor-flow-test", return_state=True)
     assert state.is_completed()
@@ -258,6 +315,7 @@ def test_system_monitor_flow_reads_its_block_and_publishes(store, tmpfs, prefect
     assert [a for a in result["alerts"] if "disk" in a] == ["Low disk space - Medium criticality"]
     assert result["cpu"] in ("normal", "high", "critical") and result["errors"] == []
     assert [t for t, _ in notes(store) if "disk" in t] == ["Low disk space - Medium criticality"]
+    assert result["alarms"] == {"opened": ["tmpfs-full"], "closed": [], "open": 1}
 
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

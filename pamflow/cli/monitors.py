@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from .common import console, fail, iso, json_line
+from .common import actor, console, fail, iso, json_line
 
 monitors_app = typer.Typer(help="The system monitors: the state each one keeps (CPU and "
                                 "memory episodes, disk levels, services and listeners, keys, "
@@ -56,6 +56,70 @@ def status(
         table.add_column(column)
     for r in found:
         table.add_row(r.key, r.updated_at.strftime("%Y-%m-%d %H:%M:%S"), _summary(r.key, r.state))
+    console.print(table, highlight=False)
+
+
+@monitors_app.command("alarm-define")
+def alarm_define(
+    name: str = typer.Argument(..., help="The alarm's name (unique)."),
+    metric: str = typer.Option(..., help="cpu_percent, memory_percent or "
+                                         "disk_free_percent:/<mount> (a configured mount)."),
+    condition: str = typer.Option(">", help="> >= < <= against the threshold."),
+    threshold: float = typer.Option(..., help="A percentage."),
+    duration: int = typer.Option(600, help="Seconds the condition must hold."),
+    severity: str = typer.Option("high", help="low, medium, high or critical."),
+    as_json: bool = typer.Option(False, "--json", help="The definition as JSON."),
+) -> None:
+    """Add an alarm definition: the system monitor opens an alarm when it holds."""
+    from pamflow import db
+    from pamflow.monitors.alarms import AlarmError, define
+
+    try:
+        with db.session() as s:
+            row = define(s, name, metric, condition, threshold, duration, severity, actor())
+            s.commit()
+            out = {"id": row.id, "name": row.name, "metric": row.metric,
+                   "condition": row.condition, "threshold": row.threshold,
+                   "duration_seconds": row.duration_seconds, "severity": row.severity}
+    except AlarmError as exc:
+        fail(str(exc), code=2)
+    if as_json:
+        json_line(out)
+    else:
+        typer.echo(f"alarm definition {out['id']} {name}: {metric} {condition} {threshold:g} "
+                   f"for {duration} s, {severity}")
+
+
+@monitors_app.command("alarms")
+def alarms(
+    open_only: bool = typer.Option(False, "--open", help="Only open alarms."),
+    limit: int = typer.Option(100, min=1, max=10_000, help="Newest first, at most this many."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines, one per alarm."),
+) -> None:
+    """Alarms, newest first."""
+    from sqlmodel import col, select
+
+    from pamflow import db
+    from pamflow.models import Alarm
+
+    with db.session() as s:
+        query = select(Alarm).order_by(col(Alarm.id).desc()).limit(limit)
+        if open_only:
+            query = query.where(Alarm.state == "open")
+        rows = list(s.exec(query))
+    if as_json:
+        for r in rows:
+            json_line({"id": r.id, "name": r.name, "metric": r.metric, "severity": r.severity,
+                       "state": r.state, "opened_at": iso(r.opened_at),
+                       "closed_at": iso(r.closed_at), "value": r.value, "last_value": r.last_value})
+        return
+    table = Table(title=f"Alarms ({len(rows)}, newest first)", title_justify="left")
+    for column in ("id", "name", "metric", "severity", "state", "opened (UTC)", "value", "last"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(str(r.id), r.name, r.metric, r.severity, r.state,
+                      r.opened_at.strftime("%Y-%m-%d %H:%M:%S"), f"{r.value:.1f}",
+                      f"{r.last_value:.1f}")
     console.print(table, highlight=False)
 
 

@@ -11,7 +11,7 @@ from .inventory import (
     HostKey,
     PasswordReservation,
 )
-from .monitors import MonitorState
+from .monitors import Alarm, AlarmDefinition, MonitorState
 from .operations import Operation, OperationKind, OperationState
 from .system import AuditLog, Notification, SystemParameter
 from .webhooks import WebhookDelivery, WebhookSource
@@ -19,6 +19,8 @@ from .webhooks import WebhookDelivery, WebhookSource
 __all__ = [
     "AccessGroup",
     "AccessGroupMember",
+    "Alarm",
+    "AlarmDefinition",
     "AuditLog",
     "Certificate",
     "Connectivity",

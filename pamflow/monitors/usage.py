@@ -73,6 +73,7 @@ class MetricResult:
     level: str  # the open episode's level after this run
     previous: str
     alert: str | None = None  # the notification queued by this run
+    newest_since: datetime | None = None  # when the newest sample began (CPU: its interval)
 
 
 @dataclass
@@ -189,4 +190,5 @@ def _decide(db: Session, metric: str, samples: list[list], episodes: dict, now: 
     elif previous != "normal" and sustained is not None:
         episode = {**episode, "peak": max(episode.get("peak", 0), sustained)}
     episodes[metric] = episode
-    return MetricResult(metric, newest, sustained, episode["level"], previous, alert)
+    since = datetime.fromisoformat(samples[-1][0]) if newest is not None else None
+    return MetricResult(metric, newest, sustained, episode["level"], previous, alert, since)

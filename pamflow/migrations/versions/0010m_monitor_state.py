@@ -1,4 +1,4 @@
-"""system monitors: the state each monitor keeps between runs
+"""system monitors: the state each monitor keeps between runs; alarm definitions and alarms
 
 Revision ID: 0010m
 Revises: 0003
@@ -21,7 +21,41 @@ def upgrade() -> None:
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("key"),
     )
+    op.create_table(
+        "alarm_definition",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("metric", sa.String(length=300), nullable=False),
+        sa.Column("condition", sa.String(length=2), nullable=False),
+        sa.Column("threshold", sa.Float(), nullable=False),
+        sa.Column("duration_seconds", sa.Integer(), nullable=False),
+        sa.Column("severity", sa.String(length=10), nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_alarm_definition_name", "alarm_definition", ["name"], unique=True)
+    op.create_table(
+        "alarm",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("definition_id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("metric", sa.String(length=300), nullable=False),
+        sa.Column("severity", sa.String(length=10), nullable=False),
+        sa.Column("state", sa.String(length=10), nullable=False),
+        sa.Column("opened_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("closed_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.Column("value", sa.Float(), nullable=False),
+        sa.Column("last_value", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(["definition_id"], ["alarm_definition.id"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_alarm_definition_id", "alarm", ["definition_id"])
+    op.create_index("ix_alarm_state", "alarm", ["state"])
+    op.create_index("ix_alarm_closed_at", "alarm", ["closed_at"])
 
 
 def downgrade() -> None:
+    op.drop_table("alarm")
+    op.drop_table("alarm_definition")
     op.drop_table("monitor_state")
