@@ -301,7 +301,6 @@ def test_system_monitor_flow_reads_its_block_and_publishes(store, tmpfs, prefect
                                                            prefect_client_sync):
     from blocks.monitor_thresholds import MonitorThresholdsBlock
     from flows.monitors import system_monitor
-
     from pamflow.monitors.alarms import define
 
     fill_to(tmpfs, 15)
