@@ -12,6 +12,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.monitors import (
+    apply_maintenance_windows,
     check_backups,
     check_cpu_and_memory,
     check_disk_space,
@@ -21,8 +22,10 @@ from tasks.monitors import (
     create_alarms,
     delete_closed_alarms,
     load_settings,
+    publish_maintenance_report,
     publish_platform_report,
     publish_system_report,
+    schedule_next_check,
 )
 
 
@@ -77,4 +80,24 @@ def platform_monitor(settings: str = "default") -> dict:
         "schedule_problems": [p.line() for p in schedule.problems],
         "closed_alarms_deleted": alarms_deleted,
         "alerts": alerts,
+    }
+
+
+@flow(name="maintenance-mode-check")
+def maintenance_mode_check() -> dict:
+    """Maintenance mode check: checks devices' maintenance mode definitions and marks devices
+    as maintenance or operation modes; a run is scheduled for the next window boundary so
+    devices enter and leave on time.
+    """
+    from prefect.runtime import deployment
+
+    report = apply_maintenance_windows()
+    scheduled = schedule_next_check(deployment.id, report.next_change)
+    publish_maintenance_report(report, scheduled)
+    return {
+        "entered": report.entered,
+        "left": report.left,
+        "in_maintenance": report.in_maintenance,
+        "next_change": report.next_change.isoformat() if report.next_change else None,
+        "scheduled_run": scheduled,
     }

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
     from pamflow.monitors.disk import DiskReport
     from pamflow.monitors.keys import KeysReport
     from pamflow.monitors.listeners import ListenersReport, ServiceCheck
+    from pamflow.monitors.maintenance import MaintenanceReport
     from pamflow.monitors.schedule import RunFact, ScheduledRobot, ScheduleReport
     from pamflow.monitors.settings import MonitorSettings
     from pamflow.monitors.usage import UsageReport
@@ -134,6 +135,58 @@ def delete_closed_alarms() -> int:
     from pamflow.monitors.alarms import delete_closed
 
     return delete_closed(store(), utcnow())
+
+
+@task(name="apply-maintenance-windows")
+def apply_maintenance_windows() -> MaintenanceReport:
+    """Devices in and out of maintenance mode by their windows, now."""
+    from pamflow.db import store
+    from pamflow.models import utcnow
+    from pamflow.monitors.maintenance import apply_windows
+
+    return apply_windows(store(), utcnow())
+
+
+@task(name="schedule-next-maintenance-check")
+def schedule_next_check(deployment_id: str | None, when: datetime | None,
+                        horizon_hours: float = 1.0) -> str | None:
+    """A run of this robot's deployment at the next window boundary ``when`` (when it comes
+    before the hourly run), at most once per boundary (an idempotency key). Returns the
+    scheduled run's id, or None (no deployment, no boundary, or one past the horizon)."""
+    from datetime import UTC, timedelta
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    if deployment_id is None or when is None:
+        return None
+    now = datetime.now(UTC)
+    if when > now + timedelta(hours=horizon_hours):
+        return None
+    at = max(when, now) + timedelta(seconds=1)  # just after the boundary
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(
+            UUID(deployment_id), state=Scheduled(scheduled_time=at),
+            idempotency_key=f"maintenance-boundary-{when.isoformat()}",
+            tags=["maintenance-boundary"])
+    return str(run.id)
+
+
+def publish_maintenance_report(report: MaintenanceReport, scheduled: str | None) -> None:
+    rows = [{"device": name, "change": "entered maintenance"} for name in report.entered]
+    rows += [{"device": name, "change": "left maintenance"} for name in report.left]
+    create_table_artifact(table=rows or [{"device": "-", "change": "no change"}],
+                          key="maintenance-mode-changes",
+                          description=f"Maintenance mode: {len(report.entered)} entered, "
+                                      f"{len(report.left)} left")
+    nxt = report.next_change.isoformat() if report.next_change else "none"
+    create_markdown_artifact(
+        markdown=(f"# Maintenance mode check\n\n{len(report.entered)} devices entered and "
+                  f"{len(report.left)} left maintenance; {report.in_maintenance} are in "
+                  f"maintenance now (robots skip them). Next window boundary: {nxt}"
+                  + (f"; a run is scheduled for it ({scheduled})." if scheduled else ".")),
+        key="maintenance-mode-summary", description="Maintenance mode check summary")
 
 
 @task(name="primary-key-monitor")

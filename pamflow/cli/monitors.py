@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from .common import actor, console, fail, iso, json_line
+from .common import actor, console, fail, find_device, iso, json_line, parse_time
 
 monitors_app = typer.Typer(help="The system monitors: the state each one keeps (CPU and "
                                 "memory episodes, disk levels, services and listeners, keys, "
@@ -120,6 +120,73 @@ def alarms(
         table.add_row(str(r.id), r.name, r.metric, r.severity, r.state,
                       r.opened_at.strftime("%Y-%m-%d %H:%M:%S"), f"{r.value:.1f}",
                       f"{r.last_value:.1f}")
+    console.print(table, highlight=False)
+
+
+@monitors_app.command("maintenance-add")
+def maintenance_add(
+    device: str = typer.Argument(..., help="The device: id, address or name."),
+    start: str = typer.Option(..., help="When it enters maintenance (now, +2h, ISO 8601)."),
+    end: str = typer.Option(..., help="When it leaves (+4h, ISO 8601; relative to --start)."),
+    reason: str = typer.Option("", help="Why (one line, at most 200 characters)."),
+    tenant: str = typer.Option(None, help="The device's tenant, when the name is ambiguous."),
+    as_json: bool = typer.Option(False, "--json", help="The window as JSON."),
+) -> None:
+    """Add a maintenance window: the maintenance mode check puts the device in maintenance
+    mode from --start to --end (robots skip it meanwhile)."""
+    from pamflow import db
+    from pamflow.models import utcnow
+    from pamflow.monitors.maintenance import MaintenanceError, add_window
+
+    now = utcnow()
+    starts = parse_time(start, "--start", now=now)
+    ends = parse_time(end, "--end", now=now, base=starts)
+    try:
+        with db.session() as s:
+            dev = find_device(s, device, tenant)
+            window = add_window(s, dev, starts, ends, reason, actor())
+            s.commit()
+            out = {"id": window.id, "device_id": dev.id, "device": dev.name,
+                   "starts_at": iso(starts), "ends_at": iso(ends), "reason": reason}
+    except MaintenanceError as exc:
+        fail(str(exc), code=2)
+    if as_json:
+        json_line(out)
+    else:
+        typer.echo(f"maintenance window {out['id']}: {out['device']} from {out['starts_at']} "
+                   f"to {out['ends_at']}")
+
+
+@monitors_app.command("maintenance-list")
+def maintenance_list(
+    current: bool = typer.Option(False, "--current", help="Only windows not yet ended."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines, one per window."),
+) -> None:
+    """Maintenance windows, by start."""
+    from sqlmodel import col, select
+
+    from pamflow import db
+    from pamflow.models import Device, MaintenanceWindow, utcnow
+
+    with db.session() as s:
+        query = select(MaintenanceWindow, Device).where(
+            MaintenanceWindow.device_id == Device.id).order_by(col(MaintenanceWindow.starts_at))
+        if current:
+            query = query.where(col(MaintenanceWindow.ends_at) > utcnow())
+        rows = list(s.exec(query))
+    if as_json:
+        for w, d in rows:
+            json_line({"id": w.id, "device_id": d.id, "device": d.name, "starts_at": iso(w.starts_at),
+                       "ends_at": iso(w.ends_at), "reason": w.reason,
+                       "maintenance_mode": d.maintenance_mode})
+        return
+    table = Table(title=f"Maintenance windows ({len(rows)})", title_justify="left")
+    for column in ("id", "device", "starts (UTC)", "ends (UTC)", "in maintenance", "reason"):
+        table.add_column(column)
+    for w, d in rows:
+        table.add_row(str(w.id), d.name, w.starts_at.strftime("%Y-%m-%d %H:%M"),
+                      w.ends_at.strftime("%Y-%m-%d %H:%M"), "yes" if d.maintenance_mode else "no",
+                      w.reason)
     console.print(table, highlight=False)
 
 

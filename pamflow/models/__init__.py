@@ -11,7 +11,7 @@ from .inventory import (
     HostKey,
     PasswordReservation,
 )
-from .monitors import Alarm, AlarmDefinition, MonitorState
+from .monitors import Alarm, AlarmDefinition, MaintenanceWindow, MonitorState
 from .operations import Operation, OperationKind, OperationState
 from .system import AuditLog, Notification, SystemParameter
 from .webhooks import WebhookDelivery, WebhookSource
@@ -29,6 +29,7 @@ __all__ = [
     "CredentialStatus",
     "Device",
     "HostKey",
+    "MaintenanceWindow",
     "MonitorState",
     "NotStored",
     "Notification",

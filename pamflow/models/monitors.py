@@ -57,3 +57,18 @@ class Alarm(SQLModel, table=True):
     closed_at: datetime | None = Field(default=None, index=True)
     value: float  # the diagnostic value that opened it
     last_value: float
+
+
+class MaintenanceWindow(SQLModel, table=True):
+    """A time a device spends in maintenance mode (deviceoperationmodecheck): the device
+    enters at ``starts_at`` and leaves at ``ends_at``."""
+
+    __tablename__ = "maintenance_window"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", index=True)
+    starts_at: datetime = Field(index=True)
+    ends_at: datetime = Field(index=True)
+    reason: str = Field(default="", max_length=200)
+    created_by: str = Field(default="", max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)

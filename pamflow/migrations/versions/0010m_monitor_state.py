@@ -1,4 +1,5 @@
-"""system monitors: the state each monitor keeps between runs; alarm definitions and alarms
+"""system monitors: the state each monitor keeps between runs; alarm definitions and alarms;
+maintenance windows of devices
 
 Revision ID: 0010m
 Revises: 0003
@@ -53,9 +54,25 @@ def upgrade() -> None:
     op.create_index("ix_alarm_definition_id", "alarm", ["definition_id"])
     op.create_index("ix_alarm_state", "alarm", ["state"])
     op.create_index("ix_alarm_closed_at", "alarm", ["closed_at"])
+    op.create_table(
+        "maintenance_window",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("device_id", sa.Integer(), nullable=False),
+        sa.Column("starts_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("ends_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("reason", sa.String(length=200), nullable=False),
+        sa.Column("created_by", sa.String(length=100), nullable=False),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["device_id"], ["device.id"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_maintenance_window_device_id", "maintenance_window", ["device_id"])
+    op.create_index("ix_maintenance_window_starts_at", "maintenance_window", ["starts_at"])
+    op.create_index("ix_maintenance_window_ends_at", "maintenance_window", ["ends_at"])
 
 
 def downgrade() -> None:
+    op.drop_table("maintenance_window")
     op.drop_table("alarm")
     op.drop_table("alarm_definition")
     op.drop_table("monitor_state")
