@@ -19,6 +19,7 @@ from tasks.monitors import (
     check_primary_keys,
     check_schedule,
     check_services_and_listeners,
+    check_tunnel_heartbeats,
     create_alarms,
     delete_closed_alarms,
     load_settings,
@@ -34,7 +35,8 @@ def system_monitor(settings: str = "default") -> dict:
     """CPU and Memory Monitor: notify configured users about system monitor warnings;
     Disk space monitors: notify configured users about disk usage warnings;
     services and listeners in the states of Appendix I (LISTEN ... CLOSED, ACTIVE,
-    INACTIVE, DISABLED), notified on change; alarms created from the alarm definitions
+    INACTIVE, DISABLED), notified on change; tunnel heartbeat check of the connectors;
+    alarms created from the alarm definitions
     and these diagnostic values.
 
     ``settings`` names the Monitor thresholds block (the seeds' defaults without one).
@@ -43,16 +45,18 @@ def system_monitor(settings: str = "default") -> dict:
     usage = check_cpu_and_memory(limits)
     disks = check_disk_space(limits)
     states = check_services_and_listeners(limits)
+    tunnels = check_tunnel_heartbeats(limits)
     alarms = create_alarms(usage, disks)
-    alerts = usage.alerts + disks.alerts + states.alerts + alarms.alerts
+    alerts = usage.alerts + disks.alerts + states.alerts + tunnels.alerts + alarms.alerts
     errors = [d.error for d in disks.mounts if d.error]
-    publish_system_report(usage, disks, states, alerts=alerts, errors=errors)
+    publish_system_report(usage, disks, states, tunnels, alerts=alerts, errors=errors)
     return {
         "cpu": next(m.level for m in usage.metrics if m.metric == "cpu"),
         "memory": next(m.level for m in usage.metrics if m.metric == "memory"),
         "disks": {d.mount: d.free_percent for d in disks.mounts},
         "services": {r.name: r.state for r in states.results if r.kind == "service"},
         "listeners": {r.name: r.state for r in states.results if r.kind == "listener"},
+        "connectors": {t.name: t.state for t in tunnels.results},
         "alarms": {"opened": alarms.opened, "closed": alarms.closed, "open": alarms.open_now},
         "alerts": alerts,
         "errors": errors,

@@ -73,6 +73,9 @@ _CATALOGUE = [
      "A robot's run is late, missing, stuck Running or crashed (pamflow)"),
     ("Monitoring", "Alarm opened",
      "An alarm definition's condition held for its duration: an alarm opened (pamflow)"),
+    ("Monitoring", "Tunnel failed",
+     "A connector's tunnel had no heartbeat within its interval (tunnelheartbeatcheckjob)"),
+    ("Monitoring", "Tunnel restored", "A connector's tunnel that had failed answers again (pamflow)"),
     ("Devices", "Batch import finished", "A spreadsheet import of devices and credentials ended"),
 ]
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
     from pamflow.monitors.maintenance import MaintenanceReport
     from pamflow.monitors.schedule import RunFact, ScheduledRobot, ScheduleReport
     from pamflow.monitors.settings import MonitorSettings
+    from pamflow.monitors.tunnels import TunnelsReport
     from pamflow.monitors.usage import UsageReport
 
 
@@ -107,6 +108,16 @@ def check_services_and_listeners(settings: MonitorSettings) -> ListenersReport:
         "smtp-relay": lambda: smtp_banner(settings.smtp_relay),
     }
     return check_listeners_and_services(engine, settings.listeners, services)
+
+
+@task(name="tunnel-heartbeat-check")
+def check_tunnel_heartbeats(settings: MonitorSettings) -> TunnelsReport:
+    """Each configured connector's tunnel endpoint: a heartbeat, or failed past its interval."""
+    from pamflow.db import store
+    from pamflow.models import utcnow
+    from pamflow.monitors.tunnels import check_tunnels
+
+    return check_tunnels(store(), settings.connectors, utcnow())
 
 
 @task(name="create-alarms")
@@ -331,6 +342,7 @@ def _pct(value: float | None) -> str:
 
 def publish_system_report(usage: UsageReport | None, disks: DiskReport | None,
                           states: ListenersReport | None = None,
+                          tunnels: TunnelsReport | None = None,
                           alerts: list[str] | None = None, errors: list[str] | None = None
                           ) -> None:
     """One table of everything this run measured and a markdown summary of its alerts."""
@@ -349,6 +361,12 @@ def publish_system_report(usage: UsageReport | None, disks: DiskReport | None,
         for r in states.results:
             rows.append({"monitor": r.kind, "object": r.name, "value": r.detail[:120],
                          "state": r.state, "alert": r.alert or ""})
+    if tunnels is not None:
+        for t in tunnels.results:
+            rows.append({"monitor": "connector", "object": t.name,
+                         "value": f"last heartbeat {t.last_heartbeat or 'never'}"
+                                  + (f" ({t.detail})" if t.detail else ""),
+                         "state": t.state, "alert": t.alert or ""})
     create_table_artifact(table=rows or [{"monitor": "-", "object": "-", "value": "-",
                                           "state": "-", "alert": ""}],
                           key="system-monitor-readings",

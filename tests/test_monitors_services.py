@@ -22,7 +22,7 @@ from pamflow.monitors.listeners import (
     smtp_banner,
     tcp_sockets,
 )
-from pamflow.monitors.settings import Listener
+from pamflow.monitors.settings import Connector, Listener
 from pamflow.platform import free_port
 
 
@@ -154,13 +154,15 @@ def test_flow_watches_prefect_server_worker_and_listeners(store, prefect_server,
     server = listen(port)
     block = f"monitor-services-{uuid.uuid4().hex[:8]}"
     MonitorThresholdsBlock(disk_mounts=(), work_pool=pool, gateway_url=None,
-                           listeners=(Listener(name="app", port=port),)).save(block)
+                           listeners=(Listener(name="app", port=port),),
+                           connectors=(Connector(name="tunnel", host="127.0.0.1", port=port,
+                                                 heartbeat_interval_seconds=1),)).save(block)
 
     first = system_monitor(settings=block)
     assert first["services"] == {"prefect-server": "ACTIVE", "worker": "INACTIVE",
                                  "gateway": "DISABLED", "database": "ACTIVE",
                                  "smtp-relay": "DISABLED"}
-    assert first["listeners"] == {"app": "LISTEN"}
+    assert first["listeners"] == {"app": "LISTEN"} and first["connectors"] == {"tunnel": "ok"}
     assert [a.split(":")[0] for a in first["alerts"] if "service" in a] == [
         "Service state changed", "Service state changed", "Service state changed"]
 
@@ -169,11 +171,18 @@ def test_flow_watches_prefect_server_worker_and_listeners(store, prefect_server,
     wait_state(Listener(name="app", port=port), "CLOSED")
     second = system_monitor(settings=block)
     assert second["services"]["worker"] == "ACTIVE" and second["listeners"] == {"app": "CLOSED"}
-    assert sorted(second["alerts"]) == [
+    time.sleep(1.1)  # past the tunnel's heartbeat interval
+    prefect_client_sync.send_worker_heartbeat(pool, "worker-1")
+    third_alerts = system_monitor(settings=block)["alerts"]
+    assert sorted(a for a in second["alerts"] if not a.startswith("Tunnel")) == [
         "Listener state changed: listener app LISTEN -> CLOSED",
         "Service state changed: service worker INACTIVE -> ACTIVE"]
+    # the endpoint closed: failed once its 1 s interval has passed (in either run), once
+    assert [a for a in second["alerts"] + third_alerts if a.startswith("Tunnel")] == \
+        ["Tunnel failed: tunnel"]
 
+    prefect_client_sync.send_worker_heartbeat(pool, "worker-1")
     prefect_client_sync.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
-    third = system_monitor(settings=block)
-    assert third["services"]["worker"] == "DISABLED"
-    assert third["alerts"] == ["Service state changed: service worker ACTIVE -> DISABLED"]
+    fourth = system_monitor(settings=block)
+    assert fourth["services"]["worker"] == "DISABLED" and fourth["connectors"] == {"tunnel": "failed"}
+    assert fourth["alerts"] == ["Service state changed: service worker ACTIVE -> DISABLED"]

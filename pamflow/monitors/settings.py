@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import PurePosixPath
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -53,6 +54,29 @@ class Listener(BaseModel):
         return v if v == "*" else check_host(v)
 
 
+class Connector(BaseModel):
+    """A connector: a host and port reached through an SSH tunnel or a relay, watched by its
+    heartbeat (the tunnel's endpoint answering) every ``heartbeat_interval_seconds``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    via: Literal["ssh", "relay"] = "ssh"
+    heartbeat_interval_seconds: float = Field(default=900.0, gt=0, le=86400)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return check_host(v)
+
+
 class MonitorSettings(BaseModel):
     """Everything the system monitors read from configuration."""
 
@@ -73,6 +97,7 @@ class MonitorSettings(BaseModel):
     disk_high: float = Field(default=10.0, gt=0, lt=100)
 
     listeners: tuple[Listener, ...] = ()
+    connectors: tuple[Connector, ...] = ()
     work_pool: str = "process"
     gateway_url: str | None = Field(default="http://127.0.0.1:4280",
                                     description="The webhook gateway; None: not deployed.")
@@ -145,7 +170,8 @@ class MonitorSettings(BaseModel):
             raise ValueError("disk levels must be low > medium > high (free %)")
         if self.key_high_percent >= self.key_critical_percent:
             raise ValueError("key_high_percent must be under key_critical_percent")
-        names = [listener.name for listener in self.listeners]
-        if len(names) != len(set(names)):
-            raise ValueError("listener names must be unique")
+        for kind, items in (("listener", self.listeners), ("connector", self.connectors)):
+            names = [item.name for item in items]
+            if len(names) != len(set(names)):
+                raise ValueError(f"{kind} names must be unique")
         return self
