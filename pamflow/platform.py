@@ -252,6 +252,7 @@ BLOCK_MODULES = (
     "blocks.device_database",
     "blocks.cloud_accounts",
     "blocks.retention",
+    "blocks.monitor_thresholds",
 )
 
 

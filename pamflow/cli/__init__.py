@@ -12,6 +12,7 @@ from . import (
     cloud,
     directory,
     inventory,
+    monitors,
     notifications,
     operations,
     platform,
@@ -41,6 +42,7 @@ COMMAND_MODULES = (
     directory,
     cloud,
     purge,
+    monitors,
 )
 for module in COMMAND_MODULES:
     module.register(app)

@@ -20,6 +20,7 @@ from .inventory import (
     HostKey,
     PasswordReservation,
 )
+from .monitors import Alarm, AlarmDefinition, MaintenanceWindow, MonitorState
 from .operations import Operation, OperationKind, OperationState
 from .retention import ArchiveBatch, AuditSeal, AuditSealKey, Tenant
 from .system import (
@@ -38,6 +39,8 @@ __all__ = [
     "AccessGroup",
     "AccessGroupMember",
     "ArchiveBatch",
+    "Alarm",
+    "AlarmDefinition",
     "AuditLog",
     "AuditSeal",
     "AuditSealKey",
@@ -53,6 +56,8 @@ __all__ = [
     "DutyState",
     "DirectorySyncState",
     "HostKey",
+    "MaintenanceWindow",
+    "MonitorState",
     "NotStored",
     "Notification",
     "NotificationMessage",
