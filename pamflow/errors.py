@@ -14,6 +14,8 @@ never a secret. Each family keeps its own subclasses beside its code:
 - ``pamflow.webhooks.app.Refused`` (a call answered with a 4xx/5xx instead of accepted)
 - ``pamflow.passwords.PolicyError``, ``pamflow.hostkeys.HostKeyError``,
   ``pamflow.notifications.UnknownNotification``, ``pamflow.platform.AuthFileError``
+- ``pamflow.backup.BackupError`` (``BackupKeyError``, ``BackupRefused``, ``RestoreRefused``,
+  ``ExportError``, ``HostKeyRefused``)
 - ``pamflow.models.NotStored`` (a row without an id where a stored one is needed),
   ``pamflow.credentials.store.PromoteRefused``, ``pamflow.connectivity.BatchesFailed``
 """

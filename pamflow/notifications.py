@@ -56,6 +56,14 @@ _CATALOGUE = [
      "Storage is running under 20% of free space"),
     ("Monitoring", "Low disk space - Low criticality", "Storage is running under 30% of free space"),
     ("Devices", "Batch import finished", "A spreadsheet import of devices and credentials ended"),
+    ("Password Backup", "Backup performed",
+     "A privileged information backup has been made using the master key. This backup execution "
+     "can be executed automatically by system schedule, or manually by user request"),
+    ("Password Backup", "Error on backup",
+     "An error occurred during a privileged information backup"),
+    ("Master Key", "Failed recovery attempt",
+     "When the user tries to recover the backup and an error occurs"),
+    ("Master Key", "Successful recovery attempt", "When the user successfully recovered the backup"),
 ]
 
 CATALOGUE: dict[str, NotificationType] = {

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import audit, inventory, operations, platform, reservations, vault, webhooks
+from . import audit, backup, inventory, operations, platform, reservations, vault, webhooks
 
 app = typer.Typer(
     name="pamflow",
@@ -15,7 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (platform, inventory, reservations, operations, webhooks, vault, audit):
+for module in (platform, inventory, reservations, operations, webhooks, vault, audit, backup):
     module.register(app)
 
 

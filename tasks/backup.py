@@ -1,0 +1,80 @@
+"""Backup tasks: making a sealed backup, exporting the latest over SFTP, deleting old files
+(``pamflow.backup`` wrapped for Prefect).
+
+What they return and publish are file names, sizes, sha256 hashes, key ids and counts —
+never a secret, never key material.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks import ran_sync
+
+if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
+    from pamflow.backup import BackupResult
+    from pamflow.backup.cleanup import CleanupReport
+
+
+def _store():
+    from pamflow.db import store
+
+    return store()
+
+
+@task(name="make-backup", task_run_name="make-{kind}-backup", cache_policy=NO_CACHE)
+def make_backup(kind: str) -> BackupResult:
+    """A ``kind`` backup of the store, sealed to the configured backup key(s).
+
+    A failure is recorded ("Error on backup", audit) and raised, so the run fails with it.
+    """
+    from pamflow.backup import configured_recipients, create_backup
+    from pamflow.backup.store import record_backup, record_backup_error
+    from pamflow.errors import PamflowError
+    from pamflow.vault import vault
+
+    engine = _store()
+    try:
+        result = create_backup(engine, kind, vault(), configured_recipients())
+    except PamflowError as exc:
+        record_backup_error(engine, kind, str(exc))
+        raise
+    record_backup(engine, result)
+    return result
+
+
+@task(name="delete-old-backups", cache_policy=NO_CACHE)
+def delete_old_backups(retention_days: float, keep_last: int) -> CleanupReport:
+    """Remove backups past retention and tmp/upload leftovers older than a day."""
+    from pamflow.backup.cleanup import delete_backups, record_cleanup
+
+    report = delete_backups(retention_days, keep_last)
+    record_cleanup(_store(), report)
+    return report
+
+
+def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
+    """A table artifact (no secrets: names, sizes, hashes, counts)."""
+    ran_sync(create_table_artifact(rows or [{"result": "nothing to report"}], key=key,
+                                   description=description), "create_table_artifact")
+
+
+def publish_backup(result: BackupResult) -> None:
+    publish_table(f"{result.kind}-backup", [result.as_row()],
+                  f"{result.kind.capitalize()} backup {result.name}: {result.records} record(s), "
+                  f"{result.size} bytes")
+
+
+def publish_cleanup(report: CleanupReport) -> None:
+    rows: list[dict[str, Any]] = [{"directory": r.directory, "file": r.name, "size": r.size,
+                                   "reason": r.reason} for r in report.removed[:500]]
+    rows += [{"directory": s.split("/", 1)[0], "file": s.split("/", 1)[-1], "size": None,
+              "reason": "skipped"} for s in report.skipped[:100]]
+    summary = report.as_dict()
+    publish_table("backup-delete", rows,
+                  f"Backup delete: {summary['removed']} file(s) removed ({summary['bytes']} "
+                  f"bytes), {summary['kept']} kept, {len(report.skipped)} skipped")
