@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.backup import delete_old_backups, make_backup, publish_backup, publish_cleanup
+from tasks.backup import (
+    delete_old_backups,
+    export_latest_backup,
+    make_backup,
+    publish_backup,
+    publish_cleanup,
+    publish_export,
+)
 
 
 @flow(name="credentials-backup")
@@ -33,6 +40,23 @@ def secrets_backup() -> dict:
     result = make_backup("secrets")
     publish_backup(result)
     return result.as_row()
+
+
+@flow(name="backup-export")
+def backup_export(target_block: str = "backup-target",
+                  kinds: list[str] | None = None) -> list[dict]:
+    """Backup Export: exports the last backup to configured remote directory.
+
+    The latest backup of each kind goes over SFTP to the Backup target block
+    ``target_block`` (host key pinned, resumable, size and sha256 verified remotely).
+    """
+    results = []
+    for kind in kinds or ["credentials", "secrets"]:
+        exported = export_latest_backup(kind, target_block)
+        if exported is not None:
+            results.append(exported)
+    publish_export(results)
+    return [r.as_row() for r in results]
 
 
 @flow(name="backup-delete")

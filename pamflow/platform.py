@@ -213,7 +213,7 @@ def ensure_work_pool(api_url: str, name: str = WORK_POOL) -> None:
         run_prefect(["work-pool", "create", name, "--type", "process"], api_url)
 
 
-BLOCK_MODULES = ("blocks.password_policy",)
+BLOCK_MODULES = ("blocks.password_policy", "blocks.backup_target")
 
 
 def register_blocks(api_url: str) -> None:

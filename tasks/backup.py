@@ -10,7 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from tasks import ran_sync
@@ -18,6 +22,7 @@ from tasks import ran_sync
 if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
     from pamflow.backup import BackupResult
     from pamflow.backup.cleanup import CleanupReport
+    from pamflow.backup.export import ExportResult
 
 
 def _store():
@@ -57,6 +62,41 @@ def delete_old_backups(retention_days: float, keep_last: int) -> CleanupReport:
     return report
 
 
+@task(name="export-latest-backup", task_run_name="export-latest-{kind}-backup",
+      cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
+def export_latest_backup(kind: str, target_block: str) -> ExportResult | None:
+    """Send the latest ``kind`` backup to the Backup target block ``target_block`` (None when
+    there is no backup of that kind yet). A retry resumes a broken upload."""
+    from blocks.backup_target import load_backup_target
+    from pamflow.backup import latest
+    from pamflow.backup.export import export_backup, record_export, vaulted_secret
+    from pamflow.vault import vault
+
+    found = latest(kind)
+    if found is None:
+        return None
+    block = load_backup_target(target_block)
+    engine = _store()
+    target = block.to_target(vaulted_secret(engine, block.credential_id, vault()))
+    progress = ran_sync(create_progress_artifact(
+        0.0, key=f"backup-export-{kind}-progress",
+        description=f"Exporting {found.name} ({found.size} bytes)"), "create_progress_artifact")
+    last = [0.0]
+
+    def step(sent: int, size: int) -> None:
+        done = 100.0 * sent / max(size, 1)
+        if done - last[0] >= 10 or sent == size:
+            last[0] = done
+            update_progress_artifact(progress, done, description=f"{found.name}: {sent} of "
+                                                                 f"{size} bytes sent")
+
+    result = export_backup(found.name, target, on_progress=step)
+    update_progress_artifact(progress, 100.0, description=f"{found.name}: on the remote "
+                                                          f"directory, verified")
+    record_export(engine, result, target)
+    return result
+
+
 def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
     """A table artifact (no secrets: names, sizes, hashes, counts)."""
     ran_sync(create_table_artifact(rows or [{"result": "nothing to report"}], key=key,
@@ -78,3 +118,9 @@ def publish_cleanup(report: CleanupReport) -> None:
     publish_table("backup-delete", rows,
                   f"Backup delete: {summary['removed']} file(s) removed ({summary['bytes']} "
                   f"bytes), {summary['kept']} kept, {len(report.skipped)} skipped")
+
+
+def publish_export(results: list[ExportResult]) -> None:
+    publish_table("backup-export", [r.as_row() for r in results],
+                  f"Backup export: {len(results)} backup(s) on the remote directory, size and "
+                  "sha256 verified there")
