@@ -44,8 +44,14 @@ class BackupTargetBlock(Block):
 
 
 def load_backup_target(name: str) -> BackupTargetBlock:
-    """The Backup target block saved as ``name``."""
-    loaded = BackupTargetBlock.load(name, validate=True)
+    """The Backup target block saved as ``name``; ExportError naming it when there is none."""
+    from pamflow.backup.errors import ExportError
+
+    try:
+        loaded = BackupTargetBlock.load(name, validate=True)
+    except ValueError as exc:
+        raise ExportError(f"no Backup target block named {name!r} ({str(exc)[:200]}): create one "
+                          "in the Prefect UI (Blocks > Backup target)") from None
     if isinstance(loaded, Coroutine):
         loaded.close()
         raise RuntimeError(f"backup target block {name} cannot be loaded inside an event loop")
