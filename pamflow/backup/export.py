@@ -191,9 +191,14 @@ class _Session:
             raise
 
     def close(self) -> None:
-        if self.sftp is not None:
-            self.sftp.close()
-        self.transport.close()
+        """Close the SFTP client and the connection (a dead connection closes quietly)."""
+        try:
+            if self.sftp is not None:
+                self.sftp.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        finally:
+            self.transport.close()
 
     def remote_sha256(self, path: str, size: int) -> tuple[str, str]:
         """``(sha256, how)`` of the remote file, computed on the remote side."""
