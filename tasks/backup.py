@@ -7,6 +7,7 @@ never a secret, never key material.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
@@ -46,7 +47,10 @@ def make_backup(kind: str) -> BackupResult:
     try:
         result = create_backup(engine, kind, vault(), configured_recipients())
     except PamflowError as exc:
-        record_backup_error(engine, kind, str(exc))
+        try:
+            record_backup_error(engine, kind, str(exc))
+        except Exception:  # noqa: BLE001 - the backup's own error is the one to raise
+            logging.getLogger("pamflow.backup").exception("could not record the failed backup")
         raise
     record_backup(engine, result)
     return result
@@ -68,10 +72,12 @@ def export_latest_backup(kind: str, target_block: str) -> ExportResult | None:
     """Send the latest ``kind`` backup to the Backup target block ``target_block`` (None when
     there is no backup of that kind yet). A retry resumes a broken upload."""
     from blocks.backup_target import load_backup_target
-    from pamflow.backup import latest
+    from pamflow.backup import KINDS, ExportError, latest
     from pamflow.backup.export import export_backup, record_export, vaulted_secret
     from pamflow.vault import vault
 
+    if kind not in KINDS:
+        raise ExportError(f"unknown backup kind {kind[:40]!r} (credentials or secrets)")
     found = latest(kind)
     if found is None:
         return None
