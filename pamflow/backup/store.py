@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -120,35 +121,59 @@ def _dump_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _load_value(col: sa.Column, value: Any, where: str) -> Any:
-    if value is None:
-        if not col.nullable and not col.primary_key:
-            raise BackupRefused(f"{where}: {col.name} is empty but required")
-        return None
+_TIME, _BOOL, _INT, _JSON, _TEXT, _ANY = range(6)
+
+
+def _kind_of(col: sa.Column) -> int:
     kind = col.type
     if isinstance(kind, sa.types.TypeDecorator):
         kind = kind.impl_instance
-    ok: bool
     if isinstance(kind, sa.DateTime):
-        if not isinstance(value, str) or len(value) > 64:
-            raise BackupRefused(f"{where}: {col.name} is not a time")
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            raise BackupRefused(f"{where}: {col.name} is not a time") from None
+        return _TIME
     if isinstance(kind, sa.Boolean):
-        ok = isinstance(value, bool)
-    elif isinstance(kind, sa.Integer):
-        ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
-    elif isinstance(kind, sa.JSON):
-        ok = isinstance(value, dict | list)
-    elif isinstance(kind, sa.String | sa.Text):
-        ok = isinstance(value, str) and "\0" not in value
+        return _BOOL
+    if isinstance(kind, sa.Integer):
+        return _INT
+    if isinstance(kind, sa.JSON):
+        return _JSON
+    if isinstance(kind, sa.String | sa.Text):
+        return _TEXT
+    return _ANY
+
+
+@cache
+def _columns(table: sa.Table) -> dict[str, tuple[int, bool]]:
+    """Column name -> (value kind, may be empty), computed once per table."""
+    return {c.name: (_kind_of(c), bool(c.nullable) or bool(c.primary_key)) for c in table.c}
+
+
+def _load_value(name: str, kind: int, nullable: bool, value: Any, where: str) -> Any:
+    """A value read from a backup, checked against its column's type (times parsed)."""
+    if value is None:
+        if not nullable:
+            raise BackupRefused(f"{where}: {name} is empty but required")
+        return None
+    if kind == _TIME:
+        if isinstance(value, str) and len(value) <= 64:
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                pass
+        raise BackupRefused(f"{where}: {name} is not a time")
+    value_type = type(value)
+    if kind == _TEXT:
+        ok = value_type is str and "\0" not in value
+    elif kind == _INT:
+        ok = value_type is int and -(2**63) < value < 2**63
+    elif kind == _BOOL:
+        ok = value_type is bool
+    elif kind == _JSON:
+        ok = value_type is dict or value_type is list
     else:
         ok = True
     if not ok:
-        raise BackupRefused(f"{where}: {col.name} has a value of the wrong type "
-                            f"({type(value).__name__})")
+        raise BackupRefused(f"{where}: {name} has a value of the wrong type "
+                            f"({value_type.__name__})")
     return value
 
 
@@ -348,15 +373,16 @@ def _checked_rows(reader: SealedReader, kind: str) -> Iterator[tuple[Part, dict[
             raise BackupRefused(f"backup {reader.name}: {table} rows after "
                                 f"{order[at]} rows: out of order")
         at = pos
+        columns = _columns(part.table)
         where = f"backup {reader.name}: {table} row {str(row.get('id'))[:20]}"
-        unknown = set(row) - set(part.table.c.keys())
-        if unknown:
+        if not row.keys() <= columns.keys():
+            unknown = set(row) - set(columns)
             raise BackupRefused(f"{where} has columns the store does not know: "
                                 f"{', '.join(sorted(u[:40] for u in unknown)[:5])}")
-        if not isinstance(row.get("id"), int) or isinstance(row.get("id"), bool) or row["id"] < 1:
+        if type(row.get("id")) is not int or row["id"] < 1:
             raise BackupRefused(f"{where} has no valid id")
-        yield part, {c.name: _load_value(c, row[c.name], where)
-                     for c in part.table.c if c.name in row}
+        yield part, {name: _load_value(name, *columns[name], value, where)
+                     for name, value in row.items()}
 
 
 def _open_reader(path: Path, key: BackupKey) -> tuple[int, int, SealedReader]:
@@ -473,9 +499,29 @@ def recovery_message(name: str, kind: str, counts: dict[str, int]) -> tuple[str,
 def _insert(db: Session, part: Part, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    columns = [c.name for c in part.table.c]
-    full = [{c: r.get(c, _default(part.table.c[c])) for c in columns} for r in rows]
-    db.execute(part.table.insert(), full)
+    columns = _columns(part.table)
+    full = [r if len(r) == len(columns) else
+            {c: r[c] if c in r else _default(part.table.c[c]) for c in columns} for r in rows]
+    conn = db.connection()
+    if conn.dialect.name == "postgresql":
+        _copy_rows(conn, part.table, list(columns), full)
+    else:
+        db.execute(part.table.insert(), full)
+
+
+def _copy_rows(conn: Connection, table: sa.Table, names: list[str],
+               rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL: the rows written with COPY, in the session's transaction."""
+    import json
+
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    json_columns = {n for n, (kind, _null) in _columns(table).items() if kind == _JSON}
+    quoted = ", ".join(f'"{n}"' for n in names)
+    with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([json.dumps(row[n]) if n in json_columns and row[n] is not None
+                            else row[n] for n in names])
 
 
 def _default(col: sa.Column) -> Any:
