@@ -504,6 +504,19 @@ def test_backup_delete_keeps_recent_and_never_follows_symlinks(store, backup_env
     assert old_link.is_symlink()
 
 
+def test_cli_delete_dry_run_then_for_real(store, backup_env):
+    old = bfiles.backup_dir() / bfiles.new_name("secrets", datetime.now(UTC) - timedelta(days=90))
+    old.write_bytes(b"x")
+    (bfiles.backup_dir() / bfiles.new_name("secrets")).write_bytes(b"y")
+    runner = CliRunner()
+    out = runner.invoke(app, ["backup", "delete", "--keep-last", "1", "--dry-run", "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["file"] == old.name and old.exists()
+    out = runner.invoke(app, ["backup", "delete", "--keep-last", "1"])
+    assert out.exit_code == 0 and "1 file(s) removed" in out.stdout and not old.exists()
+    bad = runner.invoke(app, ["backup", "delete", "--keep-last", "0"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
 def test_backup_delete_refuses_a_symlinked_upload_dir(store, backup_env, tmp_path):
     base = bfiles.backup_dir()
     (tmp_path / "elsewhere").mkdir()

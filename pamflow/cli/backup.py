@@ -204,6 +204,40 @@ def restore(
     _show(result, as_json, "restored")
 
 
+@backup_app.command("delete")
+def delete(
+    retention_days: float = typer.Option(30, min=1, help="Remove backups older than this."),
+    keep_last: int = typer.Option(7, min=1, help="Always keep this many newest per kind."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines, one per file removed."),
+) -> None:
+    """What the backup delete robot does: backups past retention, tmp/upload leftovers older
+    than a day (never following a symlink)."""
+    from pamflow import db
+    from pamflow.backup import BackupError
+    from pamflow.backup.cleanup import delete_backups, record_cleanup
+
+    try:
+        report = delete_backups(retention_days, keep_last, dry_run=dry_run)
+    except BackupError as exc:
+        fail(str(exc), code=2)
+    if not dry_run:
+        record_cleanup(db.store(), report, actor())
+    verb = "would remove" if dry_run else "removed"
+    for r in report.removed:
+        if as_json:
+            json_line({"directory": r.directory, "file": r.name, "size": r.size,
+                       "reason": r.reason, "dry_run": dry_run})
+        else:
+            console.print(f"{verb} {r.directory}/{r.name} ({r.size} bytes): {r.reason}",
+                          highlight=False)
+    if not as_json:
+        for skipped in report.skipped:
+            console.print(f"skipped {skipped}", highlight=False)
+        console.print(f"{len(report.removed)} file(s) {verb}, {report.kept} kept",
+                      highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``pamflow backup ...`` to ``app``."""
     app.add_typer(backup_app, name="backup")
