@@ -209,3 +209,36 @@ def test_backup_export_robot_with_its_block(store, backup_dir, sshd, account, pr
     with get_client(sync_client=True) as client:
         text = _artifacts(client, ["backup-export"])
     assert newest.name in text and sha(newest) in text and password not in text
+
+
+def test_a_vaulted_private_key_is_used_and_a_refused_key_said_so(backup_dir, sshd, account,
+                                                                 tmp_path):
+    from pamflow.backup.export import _load_private_key
+
+    keyfile = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keyfile)], check=True)
+    private = keyfile.read_text()
+    assert _load_private_key(private).get_name() == "ssh-ed25519"
+    assert _load_private_key("a password") is None
+    with pytest.raises(ExportError, match="cannot be read"):
+        _load_private_key("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n")
+    path = a_backup(backup_dir, 1000)
+    with pytest.raises(ExportError, match="refused the vaulted key") as err:
+        export_backup(path.name, target(sshd, account, secret=private))
+    assert "PRIVATE KEY" not in str(err.value)
+
+
+def test_backup_target_block_refuses_bad_settings():
+    from pydantic import ValidationError
+
+    from blocks.backup_target import BackupTargetBlock
+
+    good = {"host": "h", "username": "u", "remote_dir": "/srv/backups",
+            "host_key": "ssh-ed25519 AAAA", "credential_id": 1}
+    for bad in ({"port": 0}, {"port": 70000}, {"credential_id": 0}, {"timeout": 0}):
+        with pytest.raises(ValidationError):
+            BackupTargetBlock(**{**good, **bad})
+    block = BackupTargetBlock(**{**good, "remote_dir": "../../etc"})
+    with pytest.raises(ExportError, match="absolute path"):
+        block.to_target("pw")
+    assert "pw" not in repr(BackupTargetBlock(**good).to_target("pw"))
