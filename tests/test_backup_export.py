@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from pamflow.backup import ExportError, HostKeyRefused
 from pamflow.backup import files as bfiles
@@ -202,7 +202,7 @@ def test_backup_export_robot_with_its_block(store, backup_dir, sshd, account, pr
     assert [r["file"] for r in rows] == [newest.name, secrets_backup.name]
     assert sha(remote / newest.name) == sha(newest) and not (remote / first.name).exists()
     with Session(store) as s:
-        audit = [a for a in s.query(AuditLog).all() if a.action == "backup.exported"]
+        audit = list(s.exec(select(AuditLog).where(AuditLog.action == "backup.exported")))
         assert len(audit) == 2 and password not in str([a.detail for a in audit])
     from prefect.client.orchestration import get_client
 
