@@ -44,8 +44,17 @@ def make_backup(kind: str) -> BackupResult:
     from pamflow.vault import vault
 
     engine = _store()
+    progress = ran_sync(create_progress_artifact(
+        0.0, key=f"{kind}-backup-progress", description=f"{kind.capitalize()} backup: starting"),
+        "create_progress_artifact")
+
+    def step(done: int, total: int) -> None:
+        update_progress_artifact(progress, 100.0 * done / max(total, 1),
+                                 description=f"{kind.capitalize()} backup: {done} of {total} "
+                                             "record(s) sealed")
+
     try:
-        result = create_backup(engine, kind, vault(), configured_recipients())
+        result = create_backup(engine, kind, vault(), configured_recipients(), on_progress=step)
     except PamflowError as exc:
         try:
             record_backup_error(engine, kind, str(exc))

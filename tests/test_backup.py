@@ -548,7 +548,8 @@ def test_backup_robots_run_for_real(store, backup_env, prefect_client_sync, tmp_
         actions = {a.action for a in s.exec(select(AuditLog))}
         assert {"backup.created", "backup.deleted"} <= actions
     text = _artifacts(prefect_client_sync, ["credentials-backup", "secrets-backup",
-                                            "backup-delete"])
+                                            "backup-delete", "credentials-backup-progress"])
+    assert "16 of 16 record(s) sealed" in text  # 2 devices, 2 host keys, 4 credentials, 8 history
     assert made["file"] in text and made["sha256"] in text and old.name in text
     assert not any(v in text for v in written.values())
 

@@ -254,8 +254,12 @@ class _HashingFile:
 
 
 def create_backup(engine: Engine, kind: str, box: Vault, recipients: list[Recipient],
-                  page: int = PAGE) -> BackupResult:
-    """Write a ``kind`` backup of ``engine``'s store sealed to ``recipients`` (module doc)."""
+                  page: int = PAGE,
+                  on_progress: Callable[[int, int], None] | None = None) -> BackupResult:
+    """Write a ``kind`` backup of ``engine``'s store sealed to ``recipients`` (module doc).
+
+    ``on_progress(records written, records in the snapshot)`` is called after each page.
+    """
     if kind not in PARTS:
         raise BackupError(f"unknown backup kind {kind!r} (credentials or secrets)")
     if not recipients:
@@ -271,8 +275,12 @@ def create_backup(engine: Engine, kind: str, box: Vault, recipients: list[Recipi
                     "source": {"dialect": engine.dialect.name}, "name": name}
             writer = SealedWriter(out, kind, recipients, meta)  # type: ignore[arg-type]
             with _snapshot(engine) as conn:
-                for table, row in _records(conn, kind, box, page):
+                total = sum(conn.execute(sa.select(sa.func.count()).select_from(p.table))
+                            .scalar_one() for p in PARTS[kind])
+                for n, (table, row) in enumerate(_records(conn, kind, box, page), start=1):
                     writer.add(table, row)
+                    if on_progress is not None and (n % page == 0 or n == total):
+                        on_progress(n, total)
             manifest = writer.close()
             fh.flush()
             os.fsync(fh.fileno())
