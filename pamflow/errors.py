@@ -19,6 +19,8 @@ never a secret. Each family keeps its own subclasses beside its code:
   ``BindSecretMissing``, ``DeviceDatabaseError``)
 - ``pamflow.monitors.MonitorError`` (``SettingsError``; ``alarms.AlarmError``,
   ``maintenance.MaintenanceError``)
+- ``pamflow.backup.BackupError`` (``BackupKeyError``, ``BackupRefused``, ``RestoreRefused``,
+  ``ExportError``, ``HostKeyRefused``)
 - ``pamflow.models.NotStored`` (a row without an id where a stored one is needed),
   ``pamflow.credentials.store.PromoteRefused``, ``pamflow.connectivity.BatchesFailed``
 - ``pamflow.syslog.SyslogError`` (a syslog target misconfigured or unreachable),

@@ -253,6 +253,7 @@ BLOCK_MODULES = (
     "blocks.cloud_accounts",
     "blocks.retention",
     "blocks.monitor_thresholds",
+    "blocks.backup_target",
 )
 
 

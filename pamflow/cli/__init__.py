@@ -9,6 +9,7 @@ import typer
 from . import (
     alerts,
     audit,
+    backup,
     cloud,
     directory,
     inventory,
@@ -43,6 +44,7 @@ COMMAND_MODULES = (
     cloud,
     purge,
     monitors,
+    backup,
 )
 for module in COMMAND_MODULES:
     module.register(app)
