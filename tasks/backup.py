@@ -83,6 +83,8 @@ def export_latest_backup(kind: str, target_block: str) -> ExportResult | None:
     from blocks.backup_target import load_backup_target
     from pamflow.backup import KINDS, ExportError, latest
     from pamflow.backup.export import export_backup, record_export, vaulted_secret
+    from pamflow.backup.store import record_backup_error
+    from pamflow.errors import PamflowError
     from pamflow.vault import vault
 
     if kind not in KINDS:
@@ -105,7 +107,14 @@ def export_latest_backup(kind: str, target_block: str) -> ExportResult | None:
             update_progress_artifact(progress, done, description=f"{found.name}: {sent} of "
                                                                  f"{size} bytes sent")
 
-    result = export_backup(found.name, target, on_progress=step)
+    try:
+        result = export_backup(found.name, target, on_progress=step)
+    except PamflowError as exc:
+        try:
+            record_backup_error(engine, f"{kind} export", str(exc))
+        except Exception:  # noqa: BLE001 - the export's own error is the one to raise
+            logging.getLogger("pamflow.backup").exception("could not record the failed export")
+        raise
     update_progress_artifact(progress, 100.0, description=f"{found.name}: on the remote "
                                                           f"directory, verified")
     record_export(engine, result, target)

@@ -338,6 +338,31 @@ def test_wrong_version_and_not_a_backup_are_refused(one_backup, backup_env, tmp_
                                     "wrong key|not valid JSON|not a pamflow backup")
 
 
+@pytest.mark.parametrize("table,row,match", [
+    ("audit_log", {"id": 1}, "cannot hold 'audit_log' rows"),
+    ("device", {"id": 1, "name": "x", "address": "y", "evil": 1}, "columns the store does not know"),
+    ("device", {"id": "1 OR 1=1", "name": "x"}, "no valid id"),
+    ("device", {"id": 1, "name": ["x"], "address": "y"}, "name has a value of the wrong type"),
+    ("device", {"id": 1, "name": "x\u0000", "address": "y"}, "wrong type"),
+    ("device", {"id": 1, "name": "x", "address": "y", "created_at": "yesterday"}, "not a time"),
+    ("device", {"id": 1, "name": "x", "address": "y", "ports": "22"}, "ports has a value"),
+    ("device", {"id": 1, "name": None, "address": "y"}, "name is empty but required"),
+    ("credential_history", {"id": 1, "credential_id": 9, "version": 1, "secret": "s"},
+     "names credential 9, which the backup does not hold"),
+])
+def test_forged_rows_are_refused(store, backup_env, tmp_path, table, row, match):
+    """Anyone holding the public key can seal a file that opens: its rows are still checked
+    against the store's tables before anything is written."""
+    from pamflow.backup.sealed import SealedWriter
+
+    name = bfiles.new_name("credentials")
+    with open(bfiles.backup_dir() / name, "wb") as fh:
+        writer = SealedWriter(fh, "credentials", [backup_env.recipient])
+        writer.add(table, row)
+        writer.close()
+    refused_and_nothing_written(name, backup_env, tmp_path, match)
+
+
 @pytest.mark.parametrize("ref", ["../pamflow.db", "/etc/passwd", "..", ".", "",
                                  "pamflow-credentials-20260101T000000Z-abcdef.pfbk/../../x",
                                  "tmp/pamflow-credentials-20260101T000000Z-abcdef.pfbk",
