@@ -265,6 +265,9 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
     by_id = {ext: uid for uid, ext, _n in mine if ext}
     by_name = {username: uid for uid, _e, username in mine}
     users = table_of(User)
+    # a new user's row, from the model's defaults (building a model per row is slow)
+    template = User(username="-", source="ldap", directory=name, tenant=read.tenant,
+                    granted={}).model_dump(exclude={"id"})
     seen_names: set[str] = set()
     records: list[UserRecord] = read.users.records
     done = 0
@@ -295,10 +298,10 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
                     continue
                 status = "disabled" if rec.disabled else "active"
                 if user is None:
-                    new_rows.append(User(
-                        source="ldap", directory=name, tenant=read.tenant, status=status,
-                        synced_at=now, disabled_at=now if rec.disabled else None, granted={},
-                        **_user_fields(rec)).model_dump(exclude={"id"}))
+                    new_rows.append({**template, "status": status, "synced_at": now,
+                                     "created_at": now, "granted": {},
+                                     "disabled_at": now if rec.disabled else None,
+                                     **_user_fields(rec)})
                     created.append(rec.username)
                     result.created += 1
                     continue
@@ -317,7 +320,8 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
                     db.add(user)
                     updated.append(rec.username)
                     result.updated += 1
-                    result.changed_users.add(user.id or 0)
+                    if "status" in changes:  # granted access depends on status and groups
+                        result.changed_users.add(user.id or 0)
                 else:
                     result.unchanged += 1
             if new_rows:  # one multi-row INSERT per chunk
@@ -326,9 +330,8 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
             for uid, ext, username in db.exec(select(User.id, User.external_id, User.username)
                                               .where(col(User.directory) == name,
                                                      col(User.username).in_(created))):
-                by_id[ext or ""] = uid
+                by_id[ext or ""] = uid  # new users have no groups yet: no access to compile
                 by_name[username] = uid
-                result.changed_users.add(uid or 0)
             if created or updated:
                 audit.record(db, actor, "directory_users_synced", "directory", name,
                              {"tenant": read.tenant, "mode": read.mode,
