@@ -76,6 +76,10 @@ class LdapDirectoryBlock(Block):
     full_every_hours: float = Field(default=24.0, ge=0, description="Schedule: an incremental "
                                     "run becomes a full one when the last full run is older.")
     max_value_length: int = Field(default=1024, ge=1, le=1_000_000)
+    departures_every_run: bool = Field(
+        default=True, description="Incremental runs also list the ids in scope, so users who "
+        "left are disabled at once (off: only full runs notice them; faster on huge "
+        "directories).")
     clock_skew_seconds: float = Field(
         default=60.0, ge=0, le=86400, description="How far the directory's clock may be ahead "
         "of pamflow's: bounds when an incremental mark's second is known to be over.")

@@ -237,7 +237,7 @@ def read_directory(engine: Engine, settings: DirectorySettings, password: str | 
                                  progress=progress)
                       if settings.group_base else Scope(present=None))
             listed_before = conn.stats.entries
-            if mode == "incremental":
+            if mode == "incremental" and settings.departures_every_run:
                 users.present = _list_ids(conn, settings, "users")
                 if settings.group_base and groups.present is None:
                     groups.present = _list_ids(conn, settings, "groups")
