@@ -39,7 +39,7 @@ from pamflow.models import (
     utcnow,
 )
 
-from .errors import DirectorySettingsError
+from .errors import DirectoryError, DirectorySettingsError
 from .ldap import DirectoryConnection, Entry
 from .records import (
     GroupRecord,
@@ -325,7 +325,13 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
                 else:
                     result.unchanged += 1
             if new_rows:  # one multi-row INSERT per chunk
-                db.connection().execute(sa.insert(users), new_rows)
+                try:
+                    db.connection().execute(sa.insert(users), new_rows)
+                except sa.exc.IntegrityError:
+                    db.rollback()
+                    raise DirectoryError(
+                        f"directory {name}: another run created some of these users at the same "
+                        "time (a username is taken): run the synchronisation again") from None
             db.flush()
             for uid, ext, username in db.exec(select(User.id, User.external_id, User.username)
                                               .where(col(User.directory) == name,
