@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--pg", action="store_true", help="the store on PostgreSQL")
+    parser.add_argument("--no-departures", action="store_true",
+                        help="incremental runs without the listing of ids in scope")
     args = parser.parse_args()
 
     from pamflow import db
@@ -87,7 +89,8 @@ def main() -> None:
         engine = db.store(url)
         st = DirectorySettings(name="bench", url=slapd.url, tls="none", bind_dn=slapd.root_dn,
                                bind_secret_device="-", user_base=slapd.people_dn,
-                               page_size=1000, clock_skew_seconds=0).check()
+                               page_size=1000, clock_skew_seconds=0,
+                               departures_every_run=not args.no_departures).check()
         peer, dumped = _ldapsearch(slapd)
 
         def run(full: bool) -> tuple[float, float, object]:

@@ -14,12 +14,15 @@ is an explicit opt-in, warned on every connection.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, ValidationError
 
 from pamflow.directory import DirectorySettings
+
+BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 class LdapDirectoryBlock(Block):
@@ -73,6 +76,10 @@ class LdapDirectoryBlock(Block):
     full_every_hours: float = Field(default=24.0, ge=0, description="Schedule: an incremental "
                                     "run becomes a full one when the last full run is older.")
     max_value_length: int = Field(default=1024, ge=1, le=1_000_000)
+    departures_every_run: bool = Field(
+        default=True, description="Incremental runs also list the ids in scope, so users who "
+        "left are disabled at once (off: only full runs notice them; faster on huge "
+        "directories).")
     clock_skew_seconds: float = Field(
         default=60.0, ge=0, le=86400, description="How far the directory's clock may be ahead "
         "of pamflow's: bounds when an incremental mark's second is known to be over.")
@@ -88,6 +95,9 @@ def load_directory(name: str) -> DirectorySettings:
     is no such block (or it cannot be read), naming what to do."""
     from pamflow.directory import DirectoryNotConfigured, DirectorySettingsError
 
+    if not isinstance(name, str) or not BLOCK_NAME.fullmatch(name):
+        raise DirectorySettingsError(f"{str(name)[:40]!r} is not a block name: use 1-63 lowercase "
+                                     "letters, digits and dashes")
     try:
         loaded: Any = LdapDirectoryBlock.load(name, validate=True)
     except ValidationError as exc:
@@ -99,6 +109,9 @@ def load_directory(name: str) -> DirectorySettings:
         raise DirectoryNotConfigured(f"no LDAP directory block named {name!r}: create one in the "
                                      f"Prefect UI (Blocks > LDAP directory) ({str(exc)[:120]})"
                                      ) from None
+    except Exception as exc:  # noqa: BLE001 - the API failed: say so, in one line
+        raise DirectorySettingsError(f"cannot read LDAP directory block {name!r} from the Prefect API: "
+                                     f"{type(exc).__name__}: {str(exc)[:160]}") from None
     if not isinstance(loaded, LdapDirectoryBlock):  # a coroutine inside an event loop
         getattr(loaded, "close", lambda: None)()
         raise RuntimeError("LDAP directory blocks cannot be loaded inside an event loop")

@@ -88,6 +88,8 @@ def test_cli_sync_and_clear_errors(store, corp, prefect_server):
 
     for args, reason in (
             (["directory", "sync", "-d", "nope"], "no LDAP directory block named 'nope'"),
+            (["directory", "sync", "-d", "../x/" + "y" * 5000], "is not a block name"),
+            (["directory", "import-database", "--database", "a/b"], "is not a block name"),
             (["directory", "sync", "-d", save_block(corp, bind_secret_device="ghost")],
              "does not resolve: no such device"),
             (["directory", "sync", "-d", save_block(corp, url="ldap://127.0.0.1:1")],

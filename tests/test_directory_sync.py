@@ -113,6 +113,14 @@ def test_thousands_paged_then_incremental_reads_only_changes(store, corp):
     again = sync(store, st)  # nothing changed since: at most the new marks' second is read
     assert again.created == again.disabled == 0 and again.updated == 0 and again.read <= 9
 
+    # without the listing, an incremental run reads only the changes; a full run disables
+    quick = settings_for(corp, clock_skew_seconds=0, departures_every_run=False)
+    ldap_tool(corp, "ldapdelete", dns[30] + "\n")
+    fast = sync(store, quick)
+    assert fast.mode == "incremental" and fast.listed == 0 and fast.disabled == 0
+    assert users(store)[names[30]].status == "active"
+    assert sync(store, quick, full=True).disabled == 1
+
     ldap_tool(corp, "ldapadd", ldif([(dns[10], {"objectClass": "inetOrgPerson", "uid": names[10],
                                                 "cn": "back", "sn": "x"})]))
     back = sync(store, st, full=True)  # a full run on demand

@@ -31,10 +31,8 @@ class Entry:
     attributes: dict[str, list[bytes]] = field(default_factory=dict)
 
     def values(self, attribute: str) -> list[bytes]:
-        for key, vals in self.attributes.items():  # attribute names are case-insensitive
-            if key.lower() == attribute.lower():
-                return list(vals)
-        return []
+        """The raw values of ``attribute`` (``attributes`` is keyed by lowercased name)."""
+        return self.attributes.get(attribute.lower()) or []
 
 
 @dataclass
@@ -90,7 +88,9 @@ class DirectoryConnection:
         conn = ldap3.Connection(server, user=s.bind_dn or None, password=self._password,
                                 receive_timeout=max(1, math.ceil(s.timeout)),
                                 auto_referrals=False, raise_exceptions=False, read_only=True,
-                                return_empty_attributes=False)
+                                return_empty_attributes=False,
+                                # raw values only: no schema formatting of every value
+                                check_names=False)
         try:
             conn.open()
             if mode == "starttls" and not conn.start_tls():
@@ -140,7 +140,7 @@ class DirectoryConnection:
                 raise DirectorySearchFailed(
                     f"{self._where}: search of {base} with {search_filter[:200]} failed: "
                     f"{result.get('description')} ({code}) {str(result.get('message') or '')[:200]}")
-            page = [Entry(r["dn"], dict(r.get("raw_attributes") or {}))
+            page = [Entry(r["dn"], {k.lower(): v for k, v in (r.get("raw_attributes") or {}).items()})
                     for r in (self._conn.response or []) if r.get("type") == "searchResEntry"]
             self.stats.pages += 1
             self.stats.entries += len(page)

@@ -83,6 +83,9 @@ class DirectorySettings:
     # how far the directory's clock may be ahead of this host's: a modifyTimestamp mark
     # older than this when a run began is settled (the next run reads strictly after it)
     clock_skew_seconds: float = 60.0
+    # incremental runs also list the ids in scope (one attribute per entry) to disable who
+    # left at once; False leaves that to the full runs (faster on very large directories)
+    departures_every_run: bool = True
 
     # -- derived -------------------------------------------------------------------------
     @property

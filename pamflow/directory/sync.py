@@ -39,7 +39,7 @@ from pamflow.models import (
     utcnow,
 )
 
-from .errors import DirectorySettingsError
+from .errors import DirectoryError, DirectorySettingsError
 from .ldap import DirectoryConnection, Entry
 from .records import (
     GroupRecord,
@@ -237,7 +237,7 @@ def read_directory(engine: Engine, settings: DirectorySettings, password: str | 
                                  progress=progress)
                       if settings.group_base else Scope(present=None))
             listed_before = conn.stats.entries
-            if mode == "incremental":
+            if mode == "incremental" and settings.departures_every_run:
                 users.present = _list_ids(conn, settings, "users")
                 if settings.group_base and groups.present is None:
                     groups.present = _list_ids(conn, settings, "groups")
@@ -265,6 +265,9 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
     by_id = {ext: uid for uid, ext, _n in mine if ext}
     by_name = {username: uid for uid, _e, username in mine}
     users = table_of(User)
+    # a new user's row, from the model's defaults (building a model per row is slow)
+    template = User(username="-", source="ldap", directory=name, tenant=read.tenant,
+                    granted={}).model_dump(exclude={"id"})
     seen_names: set[str] = set()
     records: list[UserRecord] = read.users.records
     done = 0
@@ -295,10 +298,10 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
                     continue
                 status = "disabled" if rec.disabled else "active"
                 if user is None:
-                    new_rows.append(User(
-                        source="ldap", directory=name, tenant=read.tenant, status=status,
-                        synced_at=now, disabled_at=now if rec.disabled else None, granted={},
-                        **_user_fields(rec)).model_dump(exclude={"id"}))
+                    new_rows.append({**template, "status": status, "synced_at": now,
+                                     "created_at": now, "granted": {},
+                                     "disabled_at": now if rec.disabled else None,
+                                     **_user_fields(rec)})
                     created.append(rec.username)
                     result.created += 1
                     continue
@@ -317,18 +320,24 @@ def _apply_users(engine: Engine, read: DirectoryRead, result: SyncResult, actor:
                     db.add(user)
                     updated.append(rec.username)
                     result.updated += 1
-                    result.changed_users.add(user.id or 0)
+                    if "status" in changes:  # granted access depends on status and groups
+                        result.changed_users.add(user.id or 0)
                 else:
                     result.unchanged += 1
             if new_rows:  # one multi-row INSERT per chunk
-                db.connection().execute(sa.insert(users), new_rows)
+                try:
+                    db.connection().execute(sa.insert(users), new_rows)
+                except sa.exc.IntegrityError:
+                    db.rollback()
+                    raise DirectoryError(
+                        f"directory {name}: another run created some of these users at the same "
+                        "time (a username is taken): run the synchronisation again") from None
             db.flush()
             for uid, ext, username in db.exec(select(User.id, User.external_id, User.username)
                                               .where(col(User.directory) == name,
                                                      col(User.username).in_(created))):
-                by_id[ext or ""] = uid
+                by_id[ext or ""] = uid  # new users have no groups yet: no access to compile
                 by_name[username] = uid
-                result.changed_users.add(uid or 0)
             if created or updated:
                 audit.record(db, actor, "directory_users_synced", "directory", name,
                              {"tenant": read.tenant, "mode": read.mode,
