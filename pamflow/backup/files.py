@@ -129,6 +129,7 @@ class BackupFile:
     created_at: datetime
     size: int
     path: Path
+    modified_ns: int = 0  # orders two backups named within the same second
 
 
 def list_backups(kind: str | None = None) -> list[BackupFile]:
@@ -143,9 +144,10 @@ def list_backups(kind: str | None = None) -> list[BackupFile]:
             k, when = parse_name(entry.name)
             if kind and k != kind:
                 continue
-            out.append(BackupFile(entry.name, k, when, entry.stat(follow_symlinks=False).st_size,
-                                  base / entry.name))
-    out.sort(key=lambda b: (b.created_at, b.name))
+            st = entry.stat(follow_symlinks=False)
+            out.append(BackupFile(entry.name, k, when, st.st_size, base / entry.name,
+                                  st.st_mtime_ns))
+    out.sort(key=lambda b: (b.created_at, b.modified_ns, b.name))
     return out
 
 
