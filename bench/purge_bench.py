@@ -56,7 +56,7 @@ def _fill(engine, rows: int) -> None:
         c.execute(sa.text("ANALYZE notification"))
 
 
-def _write_loop(url: str, stop, out) -> None:
+def _write_loop(url: str, stop, ready, out) -> None:
     """In its own process (no GIL shared with the purge): one insert every 10 ms; puts the
     longest insert + commit and the count."""
     engine = sa.create_engine(url)
@@ -69,6 +69,7 @@ def _write_loop(url: str, stop, out) -> None:
                 "state, attempts, created_at) VALUES ('Audit trail', 'Audit Trail', 'w', 'w', "
                 "'[]', '{}', 'queued', 0, now())"))
         worst, count = max(worst, time.perf_counter() - t), count + 1
+        ready.set()
         time.sleep(0.01)
     out.put((worst, count))
 
@@ -78,13 +79,13 @@ class Writer:
 
     def __init__(self, url: str) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.stop, self.out = ctx.Event(), ctx.Queue()
-        self.proc = ctx.Process(target=_write_loop, args=(url, self.stop, self.out))
+        self.stop, self.ready, self.out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=_write_loop, args=(url, self.stop, self.ready, self.out))
         self.worst, self.count = 0.0, 0
 
     def start(self) -> None:
         self.proc.start()
-        time.sleep(2)  # let it connect
+        self.ready.wait(120)  # it has connected and written once
 
     def finish(self) -> None:
         self.stop.set()
