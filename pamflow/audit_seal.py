@@ -313,6 +313,8 @@ def verify_log(db: Session, *, keys: dict[str, bytes] | None, batch: int = 2000,
                           f"#{archived[-1].number}): it was inserted or restored")
             return out
     idx, in_block, previous_id = 0, 0, None
+    ends = [s.last_id for s in live]  # plain ints: the walk is per row
+    next_end = ends[0] if ends else None
 
     def seal_at(row_id: int) -> int | None:
         for s in live[idx:]:
@@ -322,7 +324,7 @@ def verify_log(db: Session, *, keys: dict[str, bytes] | None, batch: int = 2000,
 
     for row in _rows_after(db, after, batch):
         out.rows += 1
-        while idx < len(live) and row.id > live[idx].last_id:
+        if next_end is not None and row.id > next_end:
             s = live[idx]
             out.broken_at, out.seal_broken = row.id, s.number
             out.reason = (f"row {s.last_id}, the last of seal #{s.number}, is missing: it was "
@@ -339,7 +341,7 @@ def verify_log(db: Session, *, keys: dict[str, bytes] | None, batch: int = 2000,
             out.reason = "its content does not match its hash: it was changed after it was written"
             return out
         in_block += 1
-        if idx < len(live) and row.id == live[idx].last_id:
+        if row.id == next_end:
             s = live[idx]
             if row.hash != s.head_hash or in_block != s.count:
                 out.broken_at, out.seal_broken = row.id, s.number
@@ -348,6 +350,7 @@ def verify_log(db: Session, *, keys: dict[str, bytes] | None, batch: int = 2000,
                 return out
             out.sealed_rows += in_block
             in_block, idx = 0, idx + 1
+            next_end = ends[idx] if idx < len(ends) else None
         prev_hash, previous_id = row.hash, row.id
     if idx < len(live):
         s = live[idx]

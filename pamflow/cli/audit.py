@@ -77,13 +77,19 @@ def verify(
     the seal it breaks, and exits 1. After the data archiver moved old blocks to the
     archive, the walk starts from the newest archived block's seal.
     """
+    from sqlmodel import select
+
     from pamflow import audit_seal, db
+    from pamflow.models import AuditSealKey
     from pamflow.vault import VaultError, vault
 
     with db.session() as s:
         note = None
         try:
-            keys = audit_seal.public_keys(s, None if public_key else vault(), public_key or ())
+            # the vault is opened only when there is a seal key to open (never to create one)
+            has_key = s.exec(select(AuditSealKey.id).limit(1)).first() is not None
+            box = vault() if has_key and not public_key else None
+            keys = audit_seal.public_keys(s, box, public_key or ())
         except audit_seal.SealError as exc:
             fail(f"pamflow: {exc}", code=2)
         except VaultError as exc:

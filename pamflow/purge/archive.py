@@ -59,8 +59,9 @@ def ensure_dir(root: Path) -> Path:
 
 
 def write(root: Path, dataset: str, tenant: str | None, control: datetime,
-          first_id: int, last_id: int, rows: Iterable[tuple[str, dict]]) -> Written:
-    """Write ``rows`` (``(table, row dict)``) as one archive file; durable when it returns."""
+          first_id: int, last_id: int, rows: Iterable[tuple[str, dict | str]]) -> Written:
+    """Write ``rows`` (``(table, row)``: a dict, or a row already encoded as a JSON object)
+    as one archive file; durable when it returns."""
     root = ensure_dir(root)
     rel = Path(slug(dataset)) / slug(tenant) / control.strftime("%Y-%m-%d") / (
         f"{slug(dataset)}-{first_id}-{last_id}-{uuid.uuid4().hex[:8]}{SUFFIX}")
@@ -68,10 +69,11 @@ def write(root: Path, dataset: str, tenant: str | None, control: datetime,
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = final.with_name(final.name + TMP_SUFFIX)
     with open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
             for table, row in rows:
-                gz.write(json.dumps({"table": table, "row": row}, default=_json,
-                                    sort_keys=True, ensure_ascii=False).encode() + b"\n")
+                text = row if isinstance(row, str) else json.dumps(row, default=_json,
+                                                                   ensure_ascii=False)
+                gz.write(f'{{"table": {json.dumps(table)}, "row": {text}}}\n'.encode())
         raw.flush()
         os.fsync(raw.fileno())
     digest, size = checksum(tmp)
