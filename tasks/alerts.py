@@ -14,8 +14,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 
+from tasks import ran_sync
 from tasks.operations import publish_table
 
 if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
@@ -154,11 +159,26 @@ def watch_robot_configuration(until_epoch: float, poll_s: float,
 @task(name="read-served-certificates", retries=1, retry_delay_seconds=10)
 def read_served_certificates(tenant: str | None, workers: int,
                              timeout: float) -> list[PortScan]:
-    """Read the certificate every active device serves on its TLS ports."""
+    """Read the certificate every active device serves on its TLS ports (a progress
+    artifact follows the reads)."""
     from pamflow.alerts.certificates import scan_served_certificates
     from pamflow.db import store
 
-    return scan_served_certificates(store(), tenant, workers=workers, timeout=timeout)
+    artifact = ran_sync(create_progress_artifact(
+        0.0, key="certificate-expiration-progress",
+        description="Certificate expiration: reading TLS ports"), "create_progress_artifact")
+
+    def progress(done: int, total: int) -> None:
+        update_progress_artifact(artifact, 100.0 * done / total,
+                                 description=f"Certificate expiration: {done} of {total} "
+                                             "TLS ports read")
+
+    scans = scan_served_certificates(store(), tenant, workers=workers, timeout=timeout,
+                                     progress=progress)
+    if not scans:
+        update_progress_artifact(artifact, 100.0, description="Certificate expiration: no "
+                                                              "TLS port to read")
+    return scans
 
 
 @task(name="alert-expiring-certificates", retries=1, retry_delay_seconds=10)

@@ -206,6 +206,7 @@ def test_seven_day_certificate_is_alerted_once_by_the_flow(store, prefect_server
     artifacts = prefect_client_sync.read_artifacts(
         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
     tables = {a.key: a.data for a in artifacts if a.type == "table"}
+    assert [float(a.data) for a in artifacts if a.type == "progress"] == [100.0]
     ports = tables["certificate-expiration-ports"]
     ports = json.loads(ports) if isinstance(ports, str) else ports
     assert sorted(bool(r["error"]) for r in ports) == [False, True]

@@ -18,7 +18,7 @@ import logging
 import socket
 import ssl
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -150,10 +150,13 @@ class PortScan:
 
 
 def scan_served_certificates(engine: Engine, tenant: str | None = None, workers: int = 32,
-                             timeout: float = 5.0, limit: int = 10000) -> list[PortScan]:
+                             timeout: float = 5.0, limit: int = 10000,
+                             progress: Callable[[int, int], None] | None = None
+                             ) -> list[PortScan]:
     """Read the certificate on every TLS port of the active devices (of ``tenant``) and
     keep it as the device's served certificate for that port (one row per device and port,
-    updated when the device serves another certificate)."""
+    updated when the device serves another certificate). ``progress(done, total)`` is
+    called as ports are read (every 5 % or so)."""
     with Session(engine) as db:
         query = select(Device).where(col(Device.active).is_(True)).order_by(col(Device.id))
         if tenant is not None:
@@ -170,8 +173,13 @@ def scan_served_certificates(engine: Engine, tenant: str | None = None, workers:
     results: list[PortScan] = []
     if not targets:
         return results
+    read_all = []
+    step = max(1, len(targets) // 20)
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
-        read_all = list(pool.map(read, targets))
+        for done, outcome in enumerate(pool.map(read, targets), start=1):
+            read_all.append(outcome)
+            if progress is not None and (done % step == 0 or done == len(targets)):
+                progress(done, len(targets))
     now = utcnow()
     with Session(engine) as db:
         for (device_id, name, address, dev_tenant, port), served, error in read_all:
