@@ -43,9 +43,13 @@ def check_cpu_and_memory(settings: MonitorSettings) -> UsageReport:
 def check_disk_space(settings: MonitorSettings) -> DiskReport:
     """Free space of each configured mount against the 30/20/10 % lines."""
     from pamflow.db import store
-    from pamflow.monitors.disk import check_disks
+    from pamflow.models import utcnow
+    from pamflow.monitors.disk import DAILY, check_disks, daily_report
 
-    return check_disks(store(), settings)
+    report = check_disks(store(), settings)
+    if daily_report(store(), report, settings, utcnow()):
+        report.daily = DAILY
+    return report
 
 
 def prefect_server_check() -> ServiceCheck:
