@@ -62,7 +62,9 @@ def levels(report) -> dict[str, tuple[str, str | None]]:
     return {m.metric: (m.level, m.alert) for m in report.metrics}
 
 
-def test_cpu_and_memory_alert_once_per_sustained_episode_and_say_back_to_normal(store):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_cpu_and_memory_alert_once_per_sustained_episode_and_say_back_to_normal(backend, request):
+    store = request.getfixturevalue(backend)
     s, cfg = Script(), MonitorSettings()
     run = lambda t, cpu, mem: levels(check_usage(store, s.at(t, cpu, mem), cfg, host="pam1"))  # noqa: E731
 
@@ -200,7 +202,9 @@ def test_real_memory_hog_raises_and_ends_an_episode(store, memory_hog):
         "Memory Usage - High", "Memory Usage - Back to normal"]
 
 
-def test_disk_levels_are_notified_once_per_crossing(store, tmp_path):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_disk_levels_are_notified_once_per_crossing(backend, request, tmp_path):
+    store = request.getfixturevalue(backend)
     mount = tmp_path / "data"
     mount.mkdir()
     free = {"pct": 50.0}

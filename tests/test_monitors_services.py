@@ -46,7 +46,9 @@ def listen(port: int) -> socket.socket:
     return server
 
 
-def test_a_real_listener_goes_through_the_appendix_states(store):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_a_real_listener_goes_through_the_appendix_states(backend, request):
+    store = request.getfixturevalue(backend)
     port = free_port()
     app = Listener(name="app", port=port)
     elsewhere = Listener(name="app-on-other-address", port=port, host="127.0.0.2")
