@@ -188,3 +188,27 @@ def test_flow_watches_prefect_server_worker_and_listeners(store, prefect_server,
     fourth = system_monitor(settings=block)
     assert fourth["services"]["worker"] == "DISABLED" and fourth["connectors"] == {"tunnel": "failed"}
     assert fourth["alerts"] == ["Service state changed: service worker ACTIVE -> DISABLED"]
+
+
+def test_a_block_edited_into_bad_settings_is_refused_with_the_reason(prefect_server,
+                                                                     prefect_client_sync):
+    """Someone with API access saves hostile values into the block: the monitors refuse
+    them (naming the field) instead of watching "../" or a cleartext URL with a password."""
+    from prefect.client.schemas.actions import BlockDocumentCreate
+    from pydantic import ValidationError
+
+    from blocks.monitor_thresholds import MonitorThresholdsBlock, load_monitor_settings
+
+    MonitorThresholdsBlock.register_type_and_schema()
+    block_type = prefect_client_sync.read_block_type_by_slug("pamflow-monitor-thresholds")
+    schema = prefect_client_sync.get_most_recent_block_schema_for_block_type(block_type.id)
+    assert load_monitor_settings(f"no-such-block-{uuid.uuid4().hex[:6]}").cpu_high == 70  # defaults
+    for data, field in [({"disk_mounts": ["../../etc"]}, "disk_mounts"),
+                        ({"gateway_url": "http://admin:s3cret@gw:4280"}, "gateway_url"),
+                        ({"listeners": [{"name": "x" * 500, "port": 1}]}, "listeners")]:
+        name = f"hostile-{uuid.uuid4().hex[:8]}"
+        prefect_client_sync.create_block_document(BlockDocumentCreate(
+            name=name, data=data, block_type_id=block_type.id, block_schema_id=schema.id))
+        with pytest.raises(ValidationError) as err:
+            load_monitor_settings(name)
+        assert field in str(err.value) and "s3cret" not in str(err.value)
