@@ -22,7 +22,21 @@ if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
     from pamflow.monitors.usage import UsageReport
 
 
-@task(name="load-monitor-settings", retries=2, retry_delay_seconds=5)
+def _unless_bad_settings(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a failed settings load, unless the block itself is invalid (that stays so)."""
+    from pamflow.monitors import SettingsError
+
+    try:
+        state.result()
+    except SettingsError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else (the API busy, say) is worth a retry
+        return True
+    return True
+
+
+@task(name="load-monitor-settings", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=_unless_bad_settings)
 def load_settings(name: str = "default") -> MonitorSettings:
     """The thresholds block ``name`` (the seeds' defaults when it does not exist)."""
     from blocks.monitor_thresholds import load_monitor_settings

@@ -195,9 +195,9 @@ def test_a_block_edited_into_bad_settings_is_refused_with_the_reason(prefect_ser
     """Someone with API access saves hostile values into the block: the monitors refuse
     them (naming the field) instead of watching "../" or a cleartext URL with a password."""
     from prefect.client.schemas.actions import BlockDocumentCreate
-    from pydantic import ValidationError
 
     from blocks.monitor_thresholds import MonitorThresholdsBlock, load_monitor_settings
+    from pamflow.monitors import SettingsError
 
     MonitorThresholdsBlock.register_type_and_schema()
     block_type = prefect_client_sync.read_block_type_by_slug("pamflow-monitor-thresholds")
@@ -209,6 +209,11 @@ def test_a_block_edited_into_bad_settings_is_refused_with_the_reason(prefect_ser
         name = f"hostile-{uuid.uuid4().hex[:8]}"
         prefect_client_sync.create_block_document(BlockDocumentCreate(
             name=name, data=data, block_type_id=block_type.id, block_schema_id=schema.id))
-        with pytest.raises(ValidationError) as err:
+        with pytest.raises(SettingsError) as err:
             load_monitor_settings(name)
-        assert field in str(err.value) and "s3cret" not in str(err.value)
+        assert f"block {name!r} is not valid: {field}" in str(err.value)
+        assert "s3cret" not in str(err.value) and "../../etc" not in str(err.value)
+    good = f"good-{uuid.uuid4().hex[:8]}"
+    MonitorThresholdsBlock(cpu_high=55, listeners=(Listener(name="app", port=8080),)).save(good)
+    loaded = load_monitor_settings(good)
+    assert loaded.cpu_high == 55 and loaded.listeners == (Listener(name="app", port=8080),)
