@@ -37,8 +37,9 @@ def load_monitor_settings(name: str = "default") -> MonitorSettings:
     """The settings saved as block ``name``; the defaults when there is no such block.
 
     A block that exists but does not validate (edited through the API, say) is refused
-    with ``SettingsError`` naming each bad field and why, never quoting the values (a URL
-    could carry a password): a monitor never runs on settings other than the ones saved.
+    with ``SettingsError`` naming each bad field and why, without pydantic's echo of the
+    input (a URL could carry a password): a monitor never runs on settings other than the
+    ones saved.
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
