@@ -9,7 +9,6 @@ Only settings live here, never a secret: URLs and host:port pairs without creden
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict
@@ -37,22 +36,31 @@ class MonitorThresholdsBlock(Block, MonitorSettings):
 def load_monitor_settings(name: str = "default") -> MonitorSettings:
     """The settings saved as block ``name``; the defaults when there is no such block.
 
-    A block that exists but does not validate is an error: a monitor never runs on
-    settings other than the ones configured.
+    A block that exists but does not validate (edited through the API, say) is refused
+    with ``SettingsError`` naming each bad field and why, without pydantic's echo of the
+    input (a URL could carry a password): a monitor never runs on settings other than the
+    ones saved.
     """
+    from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL
+    from pydantic import ValidationError
+
+    from pamflow.monitors import SettingsError
 
     if not PREFECT_API_URL.value():  # never start an ephemeral server just to answer
         return MonitorSettings()
     try:
-        loaded = MonitorThresholdsBlock.load(name, validate=True)
-    except (ObjectNotFound, ValueError) as exc:
-        if isinstance(exc, ObjectNotFound) or "Unable to find block document" in str(exc):
-            log.info("no monitor thresholds block named %r: the seeds' defaults apply", name)
-            return MonitorSettings()
-        raise
-    if isinstance(loaded, Coroutine):
-        loaded.close()
-        raise RuntimeError(f"monitor thresholds block {name} cannot be loaded inside an event loop")
-    return loaded.to_settings()
+        with get_client(sync_client=True) as client:
+            document = client.read_block_document_by_name(
+                name, block_type_slug=MonitorThresholdsBlock.get_block_type_slug())
+    except ObjectNotFound:
+        log.info("no monitor thresholds block named %r: the seeds' defaults apply", name)
+        return MonitorSettings()
+    data = {k: v for k, v in (document.data or {}).items() if not k.startswith("block_")}
+    try:
+        return MonitorSettings.model_validate(data)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                            for e in exc.errors(include_input=False)[:10])
+        raise SettingsError(f"monitor thresholds block {name!r} is not valid: {reasons}") from None

@@ -1,10 +1,11 @@
-"""System monitors (seeds 000, 002 Appendix I and 003), in two robots.
+"""System monitors (seeds 000, 001, 002 Appendix I and 003), in three robots.
 
-``platform_monitor`` runs hourly: primary keys of the store, the backup, the schedule.
-
-``system_monitor`` runs every 10 minutes: the CPU average since the previous run is exact
-(cumulative counters), memory and disk are sampled, and each alert is raised once per
-episode or threshold crossing (state in the store). The rules are in ``pamflow.monitors``.
+``system_monitor`` runs every 10 minutes: CPU (the average since the previous run is exact,
+from cumulative counters), memory, disk, services and listeners, tunnel heartbeats and
+alarms; each alert is raised once per episode, crossing or change (state in the store).
+``platform_monitor`` runs hourly: primary keys of the store, the backup, the schedule, and
+deletes closed alarms past six months. ``maintenance_mode_check`` runs hourly and at each
+maintenance window boundary. The rules are in ``pamflow.monitors``.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def system_monitor(settings: str = "default") -> dict:
     Disk space monitors: notify configured users about disk usage warnings;
     services and listeners in the states of Appendix I (LISTEN ... CLOSED, ACTIVE,
     INACTIVE, DISABLED), notified on change; tunnel heartbeat check of the connectors;
-    alarms created from the alarm definitions
-    and these diagnostic values.
+    alarms created from the alarm definitions and these diagnostic values.
 
     ``settings`` names the Monitor thresholds block (the seeds' defaults without one).
     """

@@ -22,7 +22,21 @@ if TYPE_CHECKING:  # imported where used: the flow module stays cheap to import
     from pamflow.monitors.usage import UsageReport
 
 
-@task(name="load-monitor-settings", retries=2, retry_delay_seconds=5)
+def _unless_bad_settings(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a failed settings load, unless the block itself is invalid (that stays so)."""
+    from pamflow.monitors import SettingsError
+
+    try:
+        state.result()
+    except SettingsError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else (the API busy, say) is worth a retry
+        return True
+    return True
+
+
+@task(name="load-monitor-settings", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=_unless_bad_settings)
 def load_settings(name: str = "default") -> MonitorSettings:
     """The thresholds block ``name`` (the seeds' defaults when it does not exist)."""
     from blocks.monitor_thresholds import load_monitor_settings
@@ -43,9 +57,13 @@ def check_cpu_and_memory(settings: MonitorSettings) -> UsageReport:
 def check_disk_space(settings: MonitorSettings) -> DiskReport:
     """Free space of each configured mount against the 30/20/10 % lines."""
     from pamflow.db import store
-    from pamflow.monitors.disk import check_disks
+    from pamflow.models import utcnow
+    from pamflow.monitors.disk import DAILY, check_disks, daily_report
 
-    return check_disks(store(), settings)
+    report = check_disks(store(), settings)
+    if daily_report(store(), report, settings, utcnow()):
+        report.daily = DAILY
+    return report
 
 
 def prefect_server_check() -> ServiceCheck:

@@ -62,7 +62,9 @@ def levels(report) -> dict[str, tuple[str, str | None]]:
     return {m.metric: (m.level, m.alert) for m in report.metrics}
 
 
-def test_cpu_and_memory_alert_once_per_sustained_episode_and_say_back_to_normal(store):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_cpu_and_memory_alert_once_per_sustained_episode_and_say_back_to_normal(backend, request):
+    store = request.getfixturevalue(backend)
     s, cfg = Script(), MonitorSettings()
     run = lambda t, cpu, mem: levels(check_usage(store, s.at(t, cpu, mem), cfg, host="pam1"))  # noqa: E731
 
@@ -200,7 +202,9 @@ def test_real_memory_hog_raises_and_ends_an_episode(store, memory_hog):
         "Memory Usage - High", "Memory Usage - Back to normal"]
 
 
-def test_disk_levels_are_notified_once_per_crossing(store, tmp_path):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_disk_levels_are_notified_once_per_crossing(backend, request, tmp_path):
+    store = request.getfixturevalue(backend)
     mount = tmp_path / "data"
     mount.mkdir()
     free = {"pct": 50.0}
@@ -229,6 +233,27 @@ def test_disk_levels_are_notified_once_per_crossing(store, tmp_path):
         "Low disk space - High criticality", "Low disk space - High criticality"]
     assert [a for a, _ in audits(store)] == ["monitor.disk.low_space"] * 3 + [
         "monitor.disk.recovered", "monitor.disk.low_space"]
+
+
+def test_the_storage_report_goes_out_once_a_day(store, tmp_path):
+    from pamflow.monitors.disk import daily_report
+
+    cfg = MonitorSettings(disk_mounts=(str(tmp_path),))
+    report = check_disks(store, cfg, usage=lambda m: (1000, 250), host="pam1")
+    day = datetime(2026, 6, 1, tzinfo=UTC)
+    assert not daily_report(store, report, cfg, day + timedelta(hours=7, minutes=59))
+    assert daily_report(store, report, cfg, day + timedelta(hours=8, minutes=3))
+    assert not daily_report(store, report, cfg, day + timedelta(hours=18))
+    assert daily_report(store, report, cfg, day + timedelta(days=1, hours=9))
+    assert not daily_report(store, report, MonitorSettings(disk_report_hour=None),
+                            day + timedelta(days=2, hours=9))
+    daily = [s for t, s in notes(store) if t == "Space disk - Daily notification"]
+    assert daily == ["Storage usage on pam1, 2026-06-01: lowest 25.0 % free",
+                     "Storage usage on pam1, 2026-06-02: lowest 25.0 % free"]
+    with Session(store) as db:
+        body = db.exec(select(Notification.body).where(
+            Notification.type == "Space disk - Daily notification")).first()
+    assert f"- {tmp_path}: 25.0 % free (low)" in body
 
 
 @pytest.fixture
@@ -311,9 +336,11 @@ def test_system_monitor_flow_reads_its_block_and_publishes(store, tmpfs, prefect
     state = system_monitor(settings="monitor-flow-test", return_state=True)
     assert state.is_completed()
     result = state.result()
-    assert [a for a in result["alerts"] if "disk" in a] == ["Low disk space - Medium criticality"]
+    assert [a for a in result["alerts"] if a.startswith("Low disk")] == [
+        "Low disk space - Medium criticality"]
     assert result["cpu"] in ("normal", "high", "critical") and result["errors"] == []
-    assert [t for t, _ in notes(store) if "disk" in t] == ["Low disk space - Medium criticality"]
+    assert [t for t, _ in notes(store) if t.startswith("Low disk")] == [
+        "Low disk space - Medium criticality"]
     assert result["alarms"] == {"opened": ["tmpfs-full"], "closed": [], "open": 1}
 
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -325,7 +352,7 @@ def test_system_monitor_flow_reads_its_block_and_publishes(store, tmpfs, prefect
     rows = json.loads(table) if isinstance(table, str) else table
     assert {r["monitor"] for r in rows} == {"cpu", "memory", "disk", "service"}
     assert "Low disk space - Medium criticality" in by_type["markdown"].data
-    # a second run alerts nothing new
+    # a second run alerts nothing new (the daily report, if due, went out with the first)
     assert system_monitor(settings="monitor-flow-test")["alerts"] == []
 
 

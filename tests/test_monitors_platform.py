@@ -70,7 +70,9 @@ def test_primary_keys_near_the_maximum_on_postgresql(pg_store):
     assert ids[-1] > (2**31 - 1) * 0.96  # the audit log really wrote near the maximum
 
 
-def test_backup_configured_and_fresh(store, tmp_path):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_backup_configured_and_fresh(backend, request, tmp_path):
+    store = request.getfixturevalue(backend)
     outside = tmp_path / "elsewhere.dump"
     outside.write_bytes(b"x" * 10)
     backups = tmp_path / "backups"
@@ -115,7 +117,9 @@ def run(name: str, robot: str, state: str, expected: datetime, started: datetime
     return RunFact(str(uuid.uuid4()), name, robot, dep, state, state.title(), expected, started)
 
 
-def test_schedule_problems_from_facts(store):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_schedule_problems_from_facts(backend, request):
+    store = request.getfixturevalue(backend)
     cfg = MonitorSettings(schedule_late_minutes=10, schedule_stuck_minutes=60)
     robots = [ScheduledRobot("backup-robot", "d1", False,
                              tuple(T - timedelta(minutes=m) for m in (70, 40, 5))),

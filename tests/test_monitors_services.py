@@ -46,7 +46,9 @@ def listen(port: int) -> socket.socket:
     return server
 
 
-def test_a_real_listener_goes_through_the_appendix_states(store):
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_a_real_listener_goes_through_the_appendix_states(backend, request):
+    store = request.getfixturevalue(backend)
     port = free_port()
     app = Listener(name="app", port=port)
     elsewhere = Listener(name="app-on-other-address", port=port, host="127.0.0.2")
@@ -186,3 +188,32 @@ def test_flow_watches_prefect_server_worker_and_listeners(store, prefect_server,
     fourth = system_monitor(settings=block)
     assert fourth["services"]["worker"] == "DISABLED" and fourth["connectors"] == {"tunnel": "failed"}
     assert fourth["alerts"] == ["Service state changed: service worker ACTIVE -> DISABLED"]
+
+
+def test_a_block_edited_into_bad_settings_is_refused_with_the_reason(prefect_server,
+                                                                     prefect_client_sync):
+    """Someone with API access saves hostile values into the block: the monitors refuse
+    them (naming the field) instead of watching "../" or a cleartext URL with a password."""
+    from prefect.client.schemas.actions import BlockDocumentCreate
+
+    from blocks.monitor_thresholds import MonitorThresholdsBlock, load_monitor_settings
+    from pamflow.monitors import SettingsError
+
+    MonitorThresholdsBlock.register_type_and_schema()
+    block_type = prefect_client_sync.read_block_type_by_slug("pamflow-monitor-thresholds")
+    schema = prefect_client_sync.get_most_recent_block_schema_for_block_type(block_type.id)
+    assert load_monitor_settings(f"no-such-block-{uuid.uuid4().hex[:6]}").cpu_high == 70  # defaults
+    for data, field in [({"disk_mounts": ["../../etc"]}, "disk_mounts"),
+                        ({"gateway_url": "http://admin:s3cret@gw:4280"}, "gateway_url"),
+                        ({"listeners": [{"name": "x" * 500, "port": 1}]}, "listeners")]:
+        name = f"hostile-{uuid.uuid4().hex[:8]}"
+        prefect_client_sync.create_block_document(BlockDocumentCreate(
+            name=name, data=data, block_type_id=block_type.id, block_schema_id=schema.id))
+        with pytest.raises(SettingsError) as err:
+            load_monitor_settings(name)
+        assert f"block {name!r} is not valid: {field}" in str(err.value)
+        assert "s3cret" not in str(err.value)
+    good = f"good-{uuid.uuid4().hex[:8]}"
+    MonitorThresholdsBlock(cpu_high=55, listeners=(Listener(name="app", port=8080),)).save(good)
+    loaded = load_monitor_settings(good)
+    assert loaded.cpu_high == 55 and loaded.listeners == (Listener(name="app", port=8080),)

@@ -7,6 +7,9 @@
 - ``listeners``: TCP listeners and the platform's services in the states of Appendix I.
 - ``keys``, ``backup``, ``schedule``: primary keys near their type's maximum, backups
   configured and fresh, robots whose runs are late, missing, stuck Running or crashed.
+- ``tunnels``: connectors' tunnels failed without a heartbeat within their interval.
+- ``alarms``: alarm definitions open and close alarms; closed ones go after six months.
+- ``maintenance``: maintenance windows put devices in and out of maintenance mode.
 
 Each monitor keeps its state in the store (``pamflow.models.MonitorState``), so an alert
 is raised once per episode or crossing however often it runs, queues its catalogue

@@ -6,6 +6,9 @@ store under ``disk:<mount>``. A run that finds a mount at a worse level than bef
 the notification of that level once (the most severe, when several lines were crossed at
 once); a mount that recovers is recorded in the audit log and may be notified again when
 it crosses a line anew. A mount that cannot be read is reported, not guessed.
+
+"Space disk - Daily notification" (storage usage daily report) is queued by the first run
+on or after ``disk_report_hour`` (UTC) each day, with every mount's free space.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -51,10 +55,11 @@ class MountResult:
 class DiskReport:
     host: str
     mounts: list[MountResult] = field(default_factory=list)
+    daily: str | None = None  # the daily report's notification, when this run queued it
 
     @property
     def alerts(self) -> list[str]:
-        return [m.alert for m in self.mounts if m.alert]
+        return [m.alert for m in self.mounts if m.alert] + ([self.daily] if self.daily else [])
 
 
 def level_of(free_percent: float, settings: MonitorSettings) -> int:
@@ -104,3 +109,36 @@ def check_disks(engine: Engine, settings: MonitorSettings, usage: DiskUsage = st
             report.mounts.append(MountResult(mount, free_percent, level, previous, alert))
         db.commit()
     return report
+
+
+DAILY = "Space disk - Daily notification"
+
+
+def daily_report(engine: Engine, report: DiskReport, settings: MonitorSettings,
+                 now: datetime) -> bool:
+    """Queue the storage usage daily report once a day (True when this run queued it)."""
+    if settings.disk_report_hour is None or now.hour < settings.disk_report_hour \
+            or not report.mounts:
+        return False
+    today = now.date().isoformat()
+    with Session(engine) as db:
+        if monitor_state.load(db, "disk-daily").get("date") == today:
+            return False
+        lines = [f"- {m.mount}: " + (m.error or f"{m.free_percent:.1f} % free "
+                                     f"({LEVEL_NAMES[m.level]})") for m in report.mounts]
+        worst = min((m.free_percent for m in report.mounts if m.free_percent is not None),
+                    default=None)
+        from .. import notifications
+
+        notifications.queue(
+            db, DAILY, f"Storage usage on {report.host}, {today}"
+            + (f": lowest {worst:.1f} % free" if worst is not None else ""),
+            f"Storage usage daily report for {report.host} ({today}):\n" + "\n".join(lines),
+            context={"host": report.host, "date": today,
+                     "mounts": [{"mount": m.mount, "free_percent": m.free_percent,
+                                 "level": LEVEL_NAMES[m.level]} for m in report.mounts]})
+        audit.record(db, ACTOR, "monitor.disk.daily_report", "host", report.host,
+                     {"date": today, "mounts": len(report.mounts)})
+        monitor_state.save(db, "disk-daily", {"date": today})
+        db.commit()
+    return True

@@ -95,6 +95,8 @@ class MonitorSettings(BaseModel):
     disk_low: float = Field(default=30.0, gt=0, lt=100, description="Free % of low criticality.")
     disk_medium: float = Field(default=20.0, gt=0, lt=100)
     disk_high: float = Field(default=10.0, gt=0, lt=100)
+    disk_report_hour: int | None = Field(default=8, ge=0, le=23, description=(
+        "UTC hour from which the daily storage report is sent (None: no report)."))
 
     listeners: tuple[Listener, ...] = ()
     connectors: tuple[Connector, ...] = ()
