@@ -16,6 +16,8 @@ never a secret. Each family keeps its own subclasses beside its code:
   ``pamflow.notifications.UnknownNotification``, ``pamflow.platform.AuthFileError``
 - ``pamflow.models.NotStored`` (a row without an id where a stored one is needed),
   ``pamflow.credentials.store.PromoteRefused``, ``pamflow.connectivity.BatchesFailed``
+- ``pamflow.cloud.CloudError`` (a cloud account that cannot be listed: nothing written),
+  ``pamflow.vault_entries.VaultEntryError``, ``flows.cloud.CloudImportFailed``
 """
 
 from __future__ import annotations
