@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from pamflow.cli import app
 from pamflow.models import Device, VaultEntry
 from pamflow.vault_entries import put_entry
-from tests.test_cloud_aws import ec2, launch, moto_url  # noqa: F401 - fixtures
+from tests.test_cloud_aws import _cloud_endpoints, ec2, launch, moto_url  # noqa: F401 - fixtures
 
 SECRET = "wJalrXUtnFEMI-flow-secret-never-published"
 
