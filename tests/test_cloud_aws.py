@@ -341,3 +341,24 @@ def test_migration_0008c_keeps_devices_and_credentials(backend, tmp_path):
     finally:
         if name:
             drop_pg_database(name)
+
+
+def test_addresses_claimed_within_one_run_and_a_move_to_a_freed_address(store):
+    """Written straight from listings: two new instances with one address (the second is
+    skipped, naming the first), and a known device moving away from an address that a new
+    instance takes in the same run (both written)."""
+    from pamflow.cloud import CloudInstance, write_devices
+
+    acct = CloudAccount(name="direct", provider="aws", regions=["us-east-1"])
+
+    def inst(iid: str, ip: str) -> CloudInstance:
+        return CloudInstance(iid, iid, "us-east-1", ip, None, "linux", "running", {})
+
+    first = write_devices(acct, [inst("i-a", "10.0.0.1"), inst("i-b", "10.0.0.1")])
+    assert (first.added, first.skipped) == (1, 1)
+    assert [c.detail for c in first.changes if c.action == "skipped"] == \
+        ["address taken by instance i-a in this run"]
+    moved = write_devices(acct, [inst("i-a", "10.0.0.2"), inst("i-c", "10.0.0.1")])
+    assert (moved.added, moved.updated, moved.skipped) == (1, 1, 0)
+    by_id = {d.external_id: d.address for d in devices(store)}
+    assert by_id == {"i-a": "10.0.0.2", "i-c": "10.0.0.1"}
