@@ -62,7 +62,8 @@ class CloudAccountBlock(Block):
                                                 "credentials (never the secret itself).")
     endpoint_url: str | None = Field(default=None,
                                      description="A private endpoint instead of the cloud's "
-                                                 "public API (https).")
+                                                 "public API (https); the worker's host must "
+                                                 "list it in PAMFLOW_CLOUD_ENDPOINTS.")
     allow_cleartext: bool = Field(default=False,
                                   description="Allow an http:// endpoint (warned on each run).")
     ca_file: str | None = Field(default=None,

@@ -35,12 +35,13 @@ def cloud_device_import(account: str | None = None, provider: str | None = None,
                         force: bool = False) -> list[dict]:
     """Cloud device import (AWS, GCP, Azure): creating AWS, GCP and Azure device import jobs."""
     logger = get_run_logger()
-    due = due_cloud_accounts(account, provider, force)
+    plan = due_cloud_accounts(account, provider, force)
+    due = plan.due
     progress = ran_sync(create_progress_artifact(0.0, key="cloud-import-progress",
                                                  description=f"{len(due)} cloud account(s) due"),
                         "create_progress_artifact")
     results: list[ImportResult] = []
-    failures: dict[str, str] = {}
+    failures: dict[str, str] = dict(plan.unreadable)
     for n, item in enumerate(due, 1):
         acct = item.account
         try:
@@ -64,7 +65,7 @@ def cloud_device_import(account: str | None = None, provider: str | None = None,
 def publish_results(results: list[ImportResult], failures: dict[str, str]) -> None:
     """One table row per account (added/updated/removed/skipped), a table of the changes,
     and the failures."""
-    rows = [r.summary() for r in results]
+    rows = [{**r.summary(), "failed": ""} for r in results]
     rows += [{"account": name, "provider": "", "tenant": "", "listed": 0, "added": 0,
               "updated": 0, "unchanged": 0, "removed": 0, "skipped": 0, "failed": reason}
              for name, reason in failures.items()]

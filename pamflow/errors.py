@@ -28,6 +28,8 @@ never a secret. Each family keeps its own subclasses beside its code:
 - ``pamflow.purge.RetentionError`` (a retention setting or purge refused),
   ``pamflow.audit_seal.SealError`` (the audit log cannot be sealed or moved),
   ``pamflow.users.UserLifecycleError``
+- ``pamflow.cloud.CloudError`` (a cloud account that cannot be listed: nothing written),
+  ``pamflow.vault_entries.VaultEntryError``, ``flows.cloud.CloudImportFailed``
 """
 
 from __future__ import annotations

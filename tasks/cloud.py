@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pamflow.cloud import CloudAccount, CloudInstance, ImportResult, Rejected, last_import
 from pamflow.cloud import list_account as _list_account
 from pamflow.cloud import write_devices as _write_devices
+from pamflow.errors import PamflowError
 from pamflow.models import utcnow
 
 
@@ -23,19 +24,30 @@ class DueAccount:
     reason: str
 
 
+@dataclass
+class DuePlan:
+    due: list[DueAccount]
+    unreadable: dict[str, str]  # account -> why its block cannot be used
+
+
 @task(name="due-cloud-accounts", cache_policy=NO_CACHE, persist_result=False)
-def due_cloud_accounts(account: str | None, provider: str | None, force: bool
-                       ) -> list[DueAccount]:
+def due_cloud_accounts(account: str | None, provider: str | None, force: bool) -> DuePlan:
     """The cloud account blocks to import now: ``account`` alone when named (whatever its
     schedule); else every enabled one (of ``provider``) whose last complete import is
-    ``every_hours`` old or older (or all of them with ``force``)."""
+    ``every_hours`` old or older (or all of them with ``force``). A block that cannot be
+    read (invalid settings) is reported, and the others still run."""
     from blocks.cloud_accounts import account_names, load_account
 
     logger = get_run_logger()
     names = [account] if account else account_names()
     due: list[DueAccount] = []
+    unreadable: dict[str, str] = {}
     for name in names:
-        acct, block = load_account(name)
+        try:
+            acct, block = load_account(name)
+        except PamflowError as exc:
+            unreadable[name] = str(exc)
+            continue
         if provider and acct.provider != provider:
             continue
         if account:
@@ -53,7 +65,7 @@ def due_cloud_accounts(account: str | None, provider: str | None, force: bool
         else:
             logger.info("cloud account %s: imported %s, next after %d h", name,
                         f"{last:%Y-%m-%d %H:%M} UTC", block.every_hours)
-    return due
+    return DuePlan(due, unreadable)
 
 
 @task(name="list-cloud-instances", task_run_name="list {account.provider} {account.name}",

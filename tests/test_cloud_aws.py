@@ -23,6 +23,12 @@ REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
 AMI = "ami-1e749f67"  # ubuntu (ami-12c6146b is a Windows image: platform "windows")
 
 
+@pytest.fixture(autouse=True)
+def _cloud_endpoints(monkeypatch):
+    """The local peers are the private endpoints this host allows (PAMFLOW_CLOUD_ENDPOINTS)."""
+    monkeypatch.setenv("PAMFLOW_CLOUD_ENDPOINTS", "http://127.0.0.1:*, https://127.0.0.1:*")
+
+
 @pytest.fixture(scope="session")
 def moto_url():
     require("moto_server", moto_peer.moto_missing(), moto_peer.FIX)
@@ -174,6 +180,28 @@ def test_credentials_from_a_vault_entry_of_the_tenant(store, ec2, moto_url, monk
     assert import_account(acct).added == 2
 
 
+def test_an_endpoint_this_host_does_not_allow_is_refused(store, monkeypatch):
+    """A block (editable by any Prefect API caller) cannot point credentials elsewhere."""
+    hits = []
+    peer = Peer(lambda *a: hits.append(a) or (500, {}, b"")).start()
+    try:
+        monkeypatch.setenv("PAMFLOW_CLOUD_ENDPOINTS", "https://ec2.internal.example")
+        for provider, extra in (("aws", {"regions": ["us-east-1"]}), ("gcp", {"project": "p"}),
+                                ("azure", {"subscription_id": "s"})):
+            acct = CloudAccount(name="evil", provider=provider, endpoint_url=peer.url,
+                                allow_cleartext=True, **extra)
+            with pytest.raises(CloudError, match="is not allowed on this host: add it to "
+                                                 "PAMFLOW_CLOUD_ENDPOINTS"):
+                import_account(acct)
+        monkeypatch.delenv("PAMFLOW_CLOUD_ENDPOINTS")
+        with pytest.raises(CloudError, match="not allowed on this host"):
+            import_account(CloudAccount(name="evil", provider="aws", regions=["us-east-1"],
+                                        endpoint_url=peer.url, allow_cleartext=True))
+    finally:
+        peer.stop()
+    assert hits == []
+
+
 def test_settings_are_checked_before_anything_is_asked(store):
     with pytest.raises(CloudError, match="list the regions"):
         import_account(CloudAccount(name="a", provider="aws"))
@@ -313,3 +341,24 @@ def test_migration_0008c_keeps_devices_and_credentials(backend, tmp_path):
     finally:
         if name:
             drop_pg_database(name)
+
+
+def test_addresses_claimed_within_one_run_and_a_move_to_a_freed_address(store):
+    """Written straight from listings: two new instances with one address (the second is
+    skipped, naming the first), and a known device moving away from an address that a new
+    instance takes in the same run (both written)."""
+    from pamflow.cloud import CloudInstance, write_devices
+
+    acct = CloudAccount(name="direct", provider="aws", regions=["us-east-1"])
+
+    def inst(iid: str, ip: str) -> CloudInstance:
+        return CloudInstance(iid, iid, "us-east-1", ip, None, "linux", "running", {})
+
+    first = write_devices(acct, [inst("i-a", "10.0.0.1"), inst("i-b", "10.0.0.1")])
+    assert (first.added, first.skipped) == (1, 1)
+    assert [c.detail for c in first.changes if c.action == "skipped"] == \
+        ["address taken by instance i-a in this run"]
+    moved = write_devices(acct, [inst("i-a", "10.0.0.2"), inst("i-c", "10.0.0.1")])
+    assert (moved.added, moved.updated, moved.skipped) == (1, 1, 0)
+    by_id = {d.external_id: d.address for d in devices(store)}
+    assert by_id == {"i-a": "10.0.0.2", "i-c": "10.0.0.1"}

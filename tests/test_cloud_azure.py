@@ -18,6 +18,12 @@ from tests.peers.tls import self_signed
 TOKEN = "eyJ0eXAiOiJKV1Qi.azure-test-token-never-shown"
 
 
+@pytest.fixture(autouse=True)
+def _cloud_endpoints(monkeypatch):
+    """The local peers are the private endpoints this host allows (PAMFLOW_CLOUD_ENDPOINTS)."""
+    monkeypatch.setenv("PAMFLOW_CLOUD_ENDPOINTS", "http://127.0.0.1:*, https://127.0.0.1:*")
+
+
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
     c, k, _ = self_signed(tmp_path_factory.mktemp("arm"), "arm")

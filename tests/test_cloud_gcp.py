@@ -20,6 +20,12 @@ ZONES = ["us-central1-a", "us-central1-b", "europe-west1-b", "asia-east1-a"]
 TOKEN = "ya29.gcp-test-token-never-shown"
 
 
+@pytest.fixture(autouse=True)
+def _cloud_endpoints(monkeypatch):
+    """The local peers are the private endpoints this host allows (PAMFLOW_CLOUD_ENDPOINTS)."""
+    monkeypatch.setenv("PAMFLOW_CLOUD_ENDPOINTS", "http://127.0.0.1:*, https://127.0.0.1:*")
+
+
 @pytest.fixture
 def compute():
     fake = FakeCompute(token=TOKEN)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from pamflow.cli import app
 from pamflow.models import Device, VaultEntry
 from pamflow.vault_entries import put_entry
-from tests.test_cloud_aws import ec2, launch, moto_url  # noqa: F401 - fixtures
+from tests.test_cloud_aws import _cloud_endpoints, ec2, launch, moto_url  # noqa: F401 - fixtures
 
 SECRET = "wJalrXUtnFEMI-flow-secret-never-published"
 
@@ -124,17 +124,19 @@ def test_an_account_that_fails_fails_the_run_and_writes_nothing(
     launch(ec2["us-east-1"], 2)
     blocks("aws-good", **aws(moto_url))
     blocks("aws-nokey", **aws(moto_url, credentials="vault", vault_entry="missing", tenant="t2"))
+    blocks("aws-badregion", **aws(moto_url, regions=["us-east-1; rm -rf /"]))
     state = cloud_device_import(provider="aws", return_state=True)
     assert state.is_failed()
     assert "aws-nokey: cloud account aws-nokey: no vault entry missing for tenant t2" \
         in state.message
+    assert "aws-badregion: cloud account aws-badregion: invalid settings: regions" in state.message
     with Session(store) as s:
         assert {d.tenant for d in s.exec(select(Device))} == {"default"}
     rows = _table({a.key: a for a in _artifacts(prefect_client_sync,
                                                 state.state_details.flow_run_id)}
                   ["cloud-import-summary"])
-    assert {r["account"]: r.get("failed", "") != "" for r in rows} == {"aws-good": False,
-                                                                       "aws-nokey": True}
+    assert {r["account"]: r.get("failed", "") != "" for r in rows} == {
+        "aws-good": False, "aws-nokey": True, "aws-badregion": True}
 
 
 def test_cli_cloud_import_and_accounts(prefect_server, store, ec2, moto_url, blocks):  # noqa: F811
@@ -195,3 +197,61 @@ def test_cli_vault_entries_never_show_values(store):
     assert runner.invoke(app, ["vault", "entry-remove", "aws-cli-key"]).exit_code == 2
     out = runner.invoke(app, ["vault", "status"])
     assert out.exit_code == 0, out.output
+
+
+def test_one_run_imports_aws_gcp_and_azure_accounts(
+        prefect_server, prefect_client_sync, store, ec2, moto_url, blocks, tmp_path):  # noqa: F811
+    """The hourly run with no parameter: every due account of the three clouds, each through
+    its real SDK client, into its own tenant."""
+    from flows.cloud import cloud_device_import
+    from tests.peers.azure_arm import SUB, FakeArm
+    from tests.peers.gcp_compute import FakeCompute, gcp_instance
+    from tests.peers.tls import self_signed
+
+    launch(ec2["us-east-1"], 2)
+    gcp = FakeCompute(token="gcp-flow-token")
+    for n in range(3):
+        gcp.add("us-central1-a", gcp_instance(100 + n, f"g{n}", "us-central1-a", ip=f"10.2.0.{n + 1}"))
+    cert = self_signed(tmp_path, "arm")[:2]
+    arm = FakeArm(token="azure-flow-token")
+    for n in range(4):
+        arm.add_vm(n, private=f"10.3.0.{n + 4}")
+    gcp_peer, arm_peer = gcp.serve(), arm.serve(cert)
+    try:
+        with Session(store) as s:
+            put_entry(s, "gcp-flow", {"access_token": "gcp-flow-token"}, tenant="t-gcp")
+            put_entry(s, "azure-flow", {"access_token": "azure-flow-token"}, tenant="t-azure")
+            s.commit()
+        blocks("aws-all", **aws(moto_url))
+        blocks("gcp-all", provider="gcp", project=gcp.project, tenant="t-gcp",
+               endpoint_url=gcp_peer.url, allow_cleartext=True, credentials="vault",
+               vault_entry="gcp-flow")
+        blocks("azure-all", provider="azure", subscription_id=SUB, tenant="t-azure",
+               endpoint_url=arm_peer.url, ca_file=str(cert[0]), credentials="vault",
+               vault_entry="azure-flow")
+        state = cloud_device_import(return_state=True)
+        assert state.is_completed(), state
+        done = {r["account"]: (r["provider"], r["tenant"], r["added"]) for r in state.result()}
+        assert done == {"aws-all": ("aws", "default", 2), "gcp-all": ("gcp", "t-gcp", 3),
+                        "azure-all": ("azure", "t-azure", 4)}
+        rows = _table({a.key: a for a in _artifacts(prefect_client_sync,
+                                                    state.state_details.flow_run_id)}
+                      ["cloud-import-summary"])
+        assert sorted(r["account"] for r in rows) == ["aws-all", "azure-all", "gcp-all"]
+        with Session(store) as s:
+            by_source = {(d.source, d.tenant) for d in s.exec(select(Device))}
+        assert by_source == {("aws", "default"), ("gcp", "t-gcp"), ("azure", "t-azure")}
+    finally:
+        gcp_peer.stop()
+        arm_peer.stop()
+
+
+def test_the_flow_module_imports_no_cloud_sdk():
+    import subprocess
+    import sys
+
+    code = ("import sys, flows.cloud, blocks.cloud_accounts, pamflow.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('boto3', 'botocore', 'google', 'azure')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

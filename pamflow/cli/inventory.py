@@ -86,6 +86,8 @@ def device_json(dev: Device, names: dict[int, str]) -> dict[str, Any]:
         "id": dev.id, "name": dev.name, "address": dev.address, "platform": dev.platform,
         "ports": list(dev.ports or []), "site": dev.site, "tenant": dev.tenant,
         "source": dev.source, "external_id": dev.external_id,
+        "source_account": dev.source_account, "instance_state": dev.instance_state,
+        "tags": dict(dev.tags or {}), "removed_at": iso(dev.removed_at),
         "change_protocol": dev.change_protocol, "change_port": settings.get("port"),
         "sudo": settings.get("sudo"),
         "admin_credential_id": dev.admin_credential_id,
@@ -529,7 +531,8 @@ def devices_show(
     table.add_column("field", style="bold")
     table.add_column("value")
     for field in ("name", "address", "platform", "ports", "site", "tenant", "source", "external_id",
-                  "change_protocol", "change_port", "sudo", "admin_username", "reconcile_username",
+                  "source_account", "instance_state", "change_protocol", "change_port", "sudo",
+                  "admin_username", "reconcile_username",
                   "maintenance_mode", "active", "connectivity", "connectivity_detail"):
         table.add_row(field.replace("_username", " account"), fmt(data[field]))
     for field in ("last_seen_at", "last_checked_at", "created_at", "updated_at"):

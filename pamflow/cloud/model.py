@@ -9,7 +9,9 @@ the reason in the run's result) without stopping the others.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
+import os
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -30,6 +32,19 @@ TAG_COUNT_LIMIT = 64
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,299}$")
 LOCATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # a Prefect block name
+
+
+ENDPOINTS_ENV = "PAMFLOW_CLOUD_ENDPOINTS"
+
+
+def endpoint_allowed(url: str) -> bool:
+    """Whether ``url`` is one of the endpoints this host allows (``PAMFLOW_CLOUD_ENDPOINTS``:
+    comma-separated URLs, ``*`` wildcards allowed). Anyone who can call Prefect's API can
+    edit a block, so the list of private endpoints credentials may be sent to lives on
+    the worker's host, not in the block."""
+    allowed = [u.strip().rstrip("/") for u in os.environ.get(ENDPOINTS_ENV, "").split(",")]
+    target = url.strip().rstrip("/")
+    return any(pattern and fnmatch.fnmatchcase(target, pattern) for pattern in allowed)
 
 
 class CloudError(PamflowError):
@@ -90,6 +105,10 @@ class CloudAccount(BaseModel):
         if self.credentials == "vault" and not self.vault_entry:
             raise CloudError(f"{where}: credentials from the vault need a vault entry name")
         if self.endpoint_url:
+            if not endpoint_allowed(self.endpoint_url):
+                raise CloudError(f"{where}: the endpoint {clean_text(self.endpoint_url, 200)} is "
+                                 f"not allowed on this host: add it to {ENDPOINTS_ENV} (a block "
+                                 "alone cannot send credentials to a new endpoint)")
             scheme = self.endpoint_url.split("://", 1)[0].lower()
             if scheme not in ("https", "http"):
                 raise CloudError(f"{where}: the endpoint must be an https:// URL")

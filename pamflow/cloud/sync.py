@@ -116,6 +116,8 @@ def write_devices(account: CloudAccount, instances: list[CloudInstance],
         holders = _holders(s, account.tenant,
                            (a for i in instances if (a := i.address_for(account.address))))
         seen: set[str] = set()
+        added: list[Device] = []
+        claimed: dict[str, str] = {}  # address -> instance that takes it in this run
         for inst in instances:
             if inst.external_id in seen:
                 result.skipped += 1
@@ -125,32 +127,31 @@ def write_devices(account: CloudAccount, instances: list[CloudInstance],
             seen.add(inst.external_id)
             dev = existing.get(inst.external_id)
             address = inst.address_for(account.address)
-            holder = holders.get(address) if address else None
             if address is None and dev is None:
                 result.skipped += 1
                 _note(result, Change("skipped", inst.external_id, inst.name, None,
                                      f"no {account.address} address"))
                 continue
+            holder = holders.get(address) if address else None
             if holder is not None and (dev is None or holder != dev.id):
                 result.skipped += 1
                 _note(result, Change("skipped", inst.external_id, inst.name, address,
                                      f"address held by device #{holder}"))
                 continue
+            if address is not None and address in claimed and (dev is None
+                                                                 or address != dev.address):
+                result.skipped += 1
+                _note(result, Change("skipped", inst.external_id, inst.name, address,
+                                     f"address taken by instance {claimed[address]} in this run"))
+                continue
             if dev is None:
                 assert address is not None
-                dev = Device(name=inst.name, address=address, platform=inst.platform,
-                             site=inst.region, tenant=account.tenant, source=account.provider,
-                             source_account=account.name, external_id=inst.external_id,
-                             tags=inst.tags, instance_state=inst.state, last_seen_at=now)
-                s.add(dev)
-                s.flush()
-                holders[address] = row_id(dev)
-                result.added += 1
-                _note(result, Change("added", inst.external_id, inst.name, address))
-                audit.record(s, actor, "device.cloud_added", "device", dev.id,
-                             {"account": account.name, "provider": account.provider,
-                              "external_id": inst.external_id, "address": address,
-                              "tenant": account.tenant})
+                added.append(Device(
+                    name=inst.name, address=address, platform=inst.platform, site=inst.region,
+                    tenant=account.tenant, source=account.provider, source_account=account.name,
+                    external_id=inst.external_id, tags=inst.tags, instance_state=inst.state,
+                    last_seen_at=now))
+                claimed[address] = inst.external_id
                 continue
             wanted = {"name": inst.name, "platform": inst.platform, "site": inst.region,
                       "tags": inst.tags, "instance_state": inst.state, "active": True,
@@ -165,7 +166,7 @@ def write_devices(account: CloudAccount, instances: list[CloudInstance],
             restored = dev.instance_state == "removed"
             if "address" in changed and address is not None:
                 holders.pop(dev.address, None)
-                holders[address] = row_id(dev)
+                claimed[address] = inst.external_id
             for k, v in changed.items():
                 setattr(dev, k, v)
             dev.updated_at = now
@@ -176,6 +177,16 @@ def write_devices(account: CloudAccount, instances: list[CloudInstance],
                          "device", dev.id, {"account": account.name,
                                             "external_id": inst.external_id,
                                             "fields": sorted(changed)})
+        s.flush()  # updates first: an address a known device left may be a new device's
+        s.add_all(added)
+        s.flush()  # one batch of INSERTs for the new devices, then their audit records
+        for dev in added:
+            result.added += 1
+            _note(result, Change("added", dev.external_id or "", dev.name, dev.address))
+            audit.record(s, actor, "device.cloud_added", "device", row_id(dev),
+                         {"account": account.name, "provider": account.provider,
+                          "external_id": dev.external_id, "address": dev.address,
+                          "tenant": account.tenant})
         for ext, dev in existing.items():
             if ext in seen or dev.instance_state == "removed":
                 continue
