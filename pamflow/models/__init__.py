@@ -14,6 +14,7 @@ from .inventory import (
 from .operations import Operation, OperationKind, OperationState
 from .system import (
     AuditLog,
+    MfaToken,
     Notification,
     NotificationMessage,
     NotificationRoute,
@@ -33,6 +34,7 @@ __all__ = [
     "CredentialStatus",
     "Device",
     "HostKey",
+    "MfaToken",
     "NotStored",
     "Notification",
     "NotificationMessage",
