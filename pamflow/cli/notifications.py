@@ -121,7 +121,7 @@ def resend_cmd(
         audit.record(s, actor(), "notification.resend", "notification_message", None,
                      {"ids": message_ids[:100], "count": count})
         s.commit()
-    emit_queued()
+    emit_queued(force=True)
     if as_json:
         json_line({"resent": count, "asked": len(message_ids)})
         return

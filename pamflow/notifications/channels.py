@@ -192,9 +192,8 @@ class SmtpChannel:
 
     def _transaction(self, smtp: smtplib.SMTP, rcpt: str, data: bytes,
                      before_data: Callable[[], None] | None) -> None:
-        """MAIL, RCPT, then (once ``before_data`` returned: the previous message is
-        recorded) DATA — smtplib's ``sendmail`` split so the store's commit of the previous
-        message overlaps this message's first round trips."""
+        """smtplib's ``sendmail`` for one recipient, with ``before_data`` called between RCPT
+        and DATA (a caller's last chance to stop before the server may take the message)."""
         sender = self.settings.from_address
         code, resp = smtp.mail(sender)
         if code != 250:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -223,13 +224,23 @@ def _announce_after_commit(db: Session) -> None:
         sa.event.listen(db, "after_soft_rollback", _after_rollback)
 
 
-def emit_queued() -> bool:
+EMIT_EVERY_S = 20.0  # less than the sender's idle time: a run started by the last event sees it
+_last_emit = 0.0
+
+
+def emit_queued(force: bool = False) -> bool:
     """Best effort: tell Prefect that notifications were queued (no content, no secret).
 
-    Skipped when no Prefect API is configured or ``PAMFLOW_EMIT_EVENTS=0``.
+    Skipped when no Prefect API is configured or ``PAMFLOW_EMIT_EVENTS=0``, and when this
+    process emitted one less than ``EMIT_EVERY_S`` ago (the sender that event started is
+    still running and polls the queue), so a busy robot does not start a run per commit.
     """
+    global _last_emit
     if os.environ.get("PAMFLOW_EMIT_EVENTS", "1") == "0" or not os.environ.get("PREFECT_API_URL"):
         return False
+    if not force and time.monotonic() - _last_emit < EMIT_EVERY_S:
+        return False
+    _last_emit = time.monotonic()
     from .. import events
 
     try:
