@@ -98,14 +98,14 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
 
 def _header(value: str) -> str:
     """A header value on one line; RFC 2047 encoded when it is not plain ASCII."""
-    value = " ".join(str(value).split())
+    value = " ".join(str(value).encode("utf-8", "replace").decode("utf-8").split())
     if value.isascii() and len(value) < 900:
         return value
     return Header(value[:900], "utf-8", maxlinelen=76).encode(linesep="\r\n")
 
 
 def _qp(text: str) -> bytes:
-    body = quopri.encodestring(text.replace("\r\n", "\n").encode("utf-8"))
+    body = quopri.encodestring(text.replace("\r\n", "\n").encode("utf-8", "replace"))
     return body.replace(b"\n", b"\r\n")
 
 
