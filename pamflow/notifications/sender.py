@@ -10,13 +10,15 @@ recipient and day. A notification no route matches is ``unrouted`` (kept, listed
 
 Delivery (:func:`deliver`): a sender claims due messages with a lease (``lease_owner``,
 ``lease_until``; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), opens each channel once per
-batch, and records each message ``sent`` in its own commit as soon as the server took it.
+batch, and records each message ``sent`` in its own commit once the server took it (while
+the server answers the next message's MAIL FROM, and always before that message's DATA).
 A failure sets ``next_attempt_at`` with exponential backoff; after ``max_attempts`` (or a
 permanent refusal, SMTP 5xx) the message is ``dead`` with its error. A sender killed
 mid-batch leaves its claimed messages leased; when the lease expires another sender takes
-them, with the same Message-ID. The only window for a duplicate is between the server's
-250 and the commit that records it (microseconds; the stable Message-ID lets the receiving
-side discard it); a message is never dropped.
+them, with the same Message-ID. At most one message is ever accepted by a server and not
+yet recorded: a crash in that window (one commit and one SMTP command long) sends it again
+with the same Message-ID, which lets the receiving side discard it; a message is never
+dropped.
 """
 
 from __future__ import annotations
@@ -363,10 +365,9 @@ def deliver(engine: Engine, channel_for: ChannelFactory, settings: SenderSetting
 
 
 class _Recorder:
-    """Records each sent message in its own commit, right after the server's 250, on a raw
-    DB-API connection with one prepared statement: this runs once per message, so it must
-    cost tens of microseconds, not the ORM's milliseconds (measured by
-    bench/notifications_bench.py)."""
+    """Records each sent message in its own commit on a raw DB-API connection with one
+    prepared statement: this runs once per message, so it must cost tens of microseconds,
+    not the ORM's milliseconds (bench/notifications_bench.py)."""
 
     def __init__(self, engine: Engine, owner: str) -> None:
         self.engine = engine
@@ -413,30 +414,43 @@ def _send_all(db: Session, name: str, msgs: list[OutMessage], channel_for: Chann
             _failed(db, msg, owner, err, settings, report)
         return
     recorder = _Recorder(db.get_bind(), owner)  # type: ignore[arg-type]
+    pending: list[OutMessage] = []  # sent (the server said 250), not yet recorded: at most one
+
+    def record_pending() -> None:
+        while pending:
+            done = pending.pop()
+            if not recorder.record(done):
+                # our lease was taken over (we were too slow): the other sender owns it now
+                log.warning("message %s was sent but its lease had passed to another sender",
+                            done.id)
+                continue
+            report.sent += 1
+            report.by_channel[name] = report.by_channel.get(name, 0) + 1
+            report.add_row(done, "sent")
+            if on_sent is not None:
+                on_sent(done)
+
     try:
         for i, msg in enumerate(msgs):
             if should_stop():
                 return
             try:
-                channel.send(msg)
+                # the previous message is recorded while the server answers this one's MAIL
+                channel.send(msg, before_data=record_pending)
             except DeliveryError as err:
+                record_pending()
                 _failed(db, msg, owner, err, settings, report)
                 if err.connection:  # the channel is down: the rest of the batch fails the same way
                     for rest in msgs[i + 1:]:
                         _failed(db, rest, owner, err, settings, report)
                     return
                 continue
-            if not recorder.record(msg):
-                # our lease was taken over (we were too slow): the other sender owns it now
-                log.warning("message %s was sent but its lease had passed to another sender", msg.id)
-                continue
-            report.sent += 1
-            report.by_channel[name] = report.by_channel.get(name, 0) + 1
-            report.add_row(msg, "sent")
-            if on_sent is not None:
-                on_sent(msg)
+            pending.append(msg)
     finally:
-        recorder.close()
+        try:
+            record_pending()
+        finally:
+            recorder.close()
 
 
 def _failed(db: Session, msg: OutMessage, owner: str, err: DeliveryError, settings: SenderSettings,
