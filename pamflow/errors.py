@@ -14,6 +14,9 @@ never a secret. Each family keeps its own subclasses beside its code:
 - ``pamflow.webhooks.app.Refused`` (a call answered with a 4xx/5xx instead of accepted)
 - ``pamflow.passwords.PolicyError``, ``pamflow.hostkeys.HostKeyError``,
   ``pamflow.notifications.UnknownNotification``, ``pamflow.platform.AuthFileError``
+- ``pamflow.notifications``: ``NotificationContextError`` (a secret, too big, not JSON),
+  ``TemplateError``, ``routing.RouteError``, ``channels.DeliveryError``,
+  ``secrets.SecretMissing``, ``mfa.MfaError``
 - ``pamflow.models.NotStored`` (a row without an id where a stored one is needed),
   ``pamflow.credentials.store.PromoteRefused``, ``pamflow.connectivity.BatchesFailed``
 """
