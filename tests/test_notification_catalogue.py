@@ -161,3 +161,12 @@ def test_hostile_values_are_data_not_templates_and_bad_encoding_is_repaired(stor
         cur = cur["k"]
     with db.session(store) as s, pytest.raises(ValueError):
         notifications.queue(s, "Audit trail", context=deep)
+
+
+def test_a_rolled_back_queue_leaves_nothing_and_the_session_goes_on(store):
+    with db.session(store) as s:
+        notifications.queue(s, "Audit trail", context={"summary": "a"})
+        s.rollback()
+        notifications.queue(s, "Audit trail", context={"summary": "a"})  # not a "repeat"
+        s.commit()
+        assert len(s.exec(select(Notification)).all()) == 1

@@ -227,7 +227,7 @@ def _after_commit(session: Any) -> None:
         emit_queued()
 
 
-def _after_rollback(session: Any) -> None:
+def _after_rollback(session: Any, *_previous: Any) -> None:
     session.info.pop(_PENDING, None)
     session.info.pop(_RECENT, None)
 
