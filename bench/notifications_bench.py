@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--per-connection", type=int, default=1_000)
-    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--pg", action="store_true")
     args = ap.parse_args()

@@ -17,7 +17,7 @@ from tasks.notifications import mail_mfa_token, publish_sender_report, send_queu
 
 @flow(name="email-sender")
 def email_sender(lifetime_s: float = 240.0, poll_s: float = 5.0, idle_s: float = 30.0,
-                 batch_size: int = 100, max_attempts: int = 5, backoff_s: float = 30.0,
+                 batch_size: int = 500, max_attempts: int = 5, backoff_s: float = 30.0,
                  settle_s: float = 10.0, smtp_block: str = "default",
                  routing_block: str = "default") -> dict:
     """Email sender: send all queued emails.

@@ -102,7 +102,7 @@ def channel_factory(engine, smtp_block: str):
 
 @task(name="send-queued-notifications", cache_policy=NO_CACHE)
 def send_queued_notifications(lifetime_s: float = 240.0, poll_s: float = 5.0, idle_s: float = 30.0,
-                              batch_size: int = 100, max_attempts: int = 5, backoff_s: float = 30.0,
+                              batch_size: int = 500, max_attempts: int = 5, backoff_s: float = 30.0,
                               settle_s: float = 10.0, lease_s: float = 300.0,
                               smtp_block: str = "default", routing_block: str = "default",
                               digest: bool = False) -> SenderSummary:
