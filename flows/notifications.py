@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.notifications import publish_sender_report, send_queued_notifications
+from tasks.notifications import mail_mfa_token, publish_sender_report, send_queued_notifications
 
 
 @flow(name="email-sender")
 def email_sender(lifetime_s: float = 240.0, poll_s: float = 5.0, idle_s: float = 30.0,
-                 batch_size: int = 100, max_attempts: int = 5, backoff_s: float = 30.0,
+                 batch_size: int = 500, max_attempts: int = 5, backoff_s: float = 30.0,
                  settle_s: float = 10.0, smtp_block: str = "default",
                  routing_block: str = "default") -> dict:
     """Email sender: send all queued emails.
@@ -42,3 +42,17 @@ def notification_digest(smtp_block: str = "default", routing_block: str = "defau
                                         digest=True)
     publish_sender_report(summary, key="notification-digest")
     return summary.as_dict()
+
+
+@flow(name="mfa-token-mail")
+def mfa_token_mail(username: str, tenant: str = "default", ttl_s: float = 600.0,
+                   smtp_block: str = "default") -> dict:
+    """MFA token mail: a one-time code requested by an event, mailed to the user; it expires
+    after ``ttl_s`` seconds and works once (``pamflow notifications mfa-verify``)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    issued = mail_mfa_token(username, tenant, ttl_s, smtp_block)
+    create_markdown_artifact(f"One-time code {issued['token_id']} mailed to user "
+                             f"**{issued['username']}**, valid until {issued['expires_at']}.",
+                             key="mfa-token-mail", description="MFA token mailed")
+    return issued

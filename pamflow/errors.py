@@ -21,6 +21,9 @@ never a secret. Each family keeps its own subclasses beside its code:
   ``maintenance.MaintenanceError``)
 - ``pamflow.backup.BackupError`` (``BackupKeyError``, ``BackupRefused``, ``RestoreRefused``,
   ``ExportError``, ``HostKeyRefused``)
+- ``pamflow.notifications``: ``NotificationContextError`` (a secret, too big, not JSON),
+  ``TemplateError``, ``routing.RouteError``, ``channels.DeliveryError``,
+  ``secrets.SecretMissing``, ``mfa.MfaError``
 - ``pamflow.models.NotStored`` (a row without an id where a stored one is needed),
   ``pamflow.credentials.store.PromoteRefused``, ``pamflow.connectivity.BatchesFailed``
 - ``pamflow.syslog.SyslogError`` (a syslog target misconfigured or unreachable),

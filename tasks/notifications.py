@@ -102,7 +102,7 @@ def channel_factory(engine, smtp_block: str):
 
 @task(name="send-queued-notifications", cache_policy=NO_CACHE)
 def send_queued_notifications(lifetime_s: float = 240.0, poll_s: float = 5.0, idle_s: float = 30.0,
-                              batch_size: int = 100, max_attempts: int = 5, backoff_s: float = 30.0,
+                              batch_size: int = 500, max_attempts: int = 5, backoff_s: float = 30.0,
                               settle_s: float = 10.0, lease_s: float = 300.0,
                               smtp_block: str = "default", routing_block: str = "default",
                               digest: bool = False) -> SenderSummary:
@@ -159,3 +159,29 @@ def publish_sender_report(summary: SenderSummary, key: str = "email-sender") -> 
         create_table_artifact(summary.rows[:TABLE_ROWS_MAX], key=key, description=text)
     else:
         create_markdown_artifact(f"**{text}**", key=key, description=text)
+
+
+@task(name="mail-mfa-token", cache_policy=NO_CACHE)
+def mail_mfa_token(username: str, tenant: str = "default", ttl_s: float = 600.0,
+                   smtp_block: str = "default") -> dict[str, Any]:
+    """Issue a one-time code for ``username`` and mail it at once (never queued, never
+    returned: the result names the token, not the code)."""
+    from pamflow.notifications.channels import SmtpChannel
+    from pamflow.notifications.mfa import mail_token
+
+    engine = _store()
+    smtp = load_smtp(smtp_block)
+    if smtp is None:
+        raise RuntimeError(f"no SMTP server block {smtp_block!r}: the code cannot be mailed")
+    password = None
+    if smtp.password_secret:
+        with Session(engine) as db:
+            password = get_secret(db, smtp.password_secret)
+    settings = smtp.to_settings(password)
+    channel = SmtpChannel(settings)
+    try:
+        issued = mail_token(engine, channel, username, tenant, ttl_s, domain=settings.domain)
+    finally:
+        channel.close()
+    return {"token_id": issued.token_id, "username": issued.username,
+            "expires_at": issued.expires_at.isoformat(), "message_id": issued.message_id}

@@ -142,3 +142,31 @@ def test_tenant_comes_from_the_argument_or_the_context(store):
         b = notifications.queue(s, "Audit trail", context={"summary": "y"}, tenant="globex")
         s.commit()
         assert (a.tenant, b.tenant) == ("acme", "globex")
+
+
+def test_hostile_values_are_data_not_templates_and_bad_encoding_is_repaired(store):
+    ctx = {**sample("Lost of connectivity"), "device": "{{ 7*7 }}{% for x in range(9) %}x{% endfor %}",
+           "reason": "bad \udcff byte\x00 and <b>tags</b>",
+           "nested": {"a": [{"b": "\udcfe" * 3}] * 3}}
+    with db.session(store) as s:
+        n = notifications.queue(s, "Lost of connectivity", context=ctx)
+        s.commit()
+        assert "{{ 7*7 }}" in n.subject and "49" not in n.subject
+        assert "\udcff" not in n.body and "\ufffd" in n.body and "\x00" not in n.body
+        assert "&lt;b&gt;tags" in (n.html or "")
+    deep: dict = {}
+    cur = deep
+    for _ in range(2000):
+        cur["k"] = {}
+        cur = cur["k"]
+    with db.session(store) as s, pytest.raises(ValueError):
+        notifications.queue(s, "Audit trail", context=deep)
+
+
+def test_a_rolled_back_queue_leaves_nothing_and_the_session_goes_on(store):
+    with db.session(store) as s:
+        notifications.queue(s, "Audit trail", context={"summary": "a"})
+        s.rollback()
+        notifications.queue(s, "Audit trail", context={"summary": "a"})  # not a "repeat"
+        s.commit()
+        assert len(s.exec(select(Notification)).all()) == 1

@@ -162,3 +162,34 @@ def test_routing_block_refuses_bad_routes_on_save():
                                          RouteSpec(match="*", recipient="not-an-address")])
     with pytest.raises(ValidationError):
         RouteSpec(match="*", recipient="a@example.test", channel="pigeon")
+
+
+def test_a_commit_that_queued_notifications_emits_one_event(store, prefect_server, monkeypatch):
+    import time
+
+    import httpx
+    from prefect.events.worker import EventsWorker
+
+    from pamflow import notifications
+    from pamflow.notifications import queueing
+
+    monkeypatch.setenv("PAMFLOW_EMIT_EVENTS", "1")
+    monkeypatch.setattr(queueing, "_last_emit", 0.0)
+    since = utcnow()
+    with Session(store) as s:
+        for name in ("Audit trail", "Password Expired"):
+            notifications.queue(s, name, context=notifications.sample(name))
+        s.rollback()  # nothing queued: no event
+        notifications.queue(s, "Audit trail", context={"summary": "x"})
+        s.commit()
+    EventsWorker.drain_all(timeout=10)
+    found: list = []
+    deadline = time.monotonic() + 60
+    while not found and time.monotonic() < deadline:
+        page = httpx.post(f"{prefect_server}/events/filter", json={
+            "filter": {"event": {"name": ["pam.notification.queued"]},
+                       "occurred": {"since": since.isoformat()}}, "limit": 50}, timeout=10).json()
+        found = page["events"]
+        if not found:
+            time.sleep(0.5)
+    assert len(found) == 1 and found[0]["payload"] == {}

@@ -121,7 +121,7 @@ def resend_cmd(
         audit.record(s, actor(), "notification.resend", "notification_message", None,
                      {"ids": message_ids[:100], "count": count})
         s.commit()
-    emit_queued()
+    emit_queued(force=True)
     if as_json:
         json_line({"resent": count, "asked": len(message_ids)})
         return
@@ -178,6 +178,28 @@ def bulk(
         json_line({"notification_id": nid, "recipients": recipients})
         return
     typer.echo(f"bulk mail queued as notification {nid} for {len(recipients)} recipient(s)")
+
+
+@notifications_app.command("mfa-verify")
+def mfa_verify(username: str = typer.Argument(..., help="The user the code was mailed to."),
+               as_json: bool = typer.Option(False, "--json")) -> None:
+    """Check a one-time code read from standard input: exit 0 once for the right code before
+    it expires, 1 otherwise (wrong, expired, used, too many tries)."""
+    from pamflow import db
+    from pamflow.notifications.mfa import verify
+
+    from .common import actor
+
+    code = sys.stdin.readline(64).strip()
+    with db.session() as s:
+        ok = verify(s, username[:255], code, actor=actor())
+        s.commit()
+    if as_json:
+        json_line({"username": username, "valid": ok})
+    else:
+        typer.echo("code accepted" if ok else "code refused")
+    if not ok:
+        raise typer.Exit(1)
 
 
 @notifications_app.command("types")

@@ -26,6 +26,7 @@ from .retention import ArchiveBatch, AuditSeal, AuditSealKey, Tenant
 from .system import (
     AuditLog,
     DutyState,
+    MfaToken,
     Notification,
     NotificationMessage,
     NotificationRoute,
@@ -58,6 +59,7 @@ __all__ = [
     "HostKey",
     "MaintenanceWindow",
     "MonitorState",
+    "MfaToken",
     "NotStored",
     "Notification",
     "NotificationMessage",

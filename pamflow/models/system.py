@@ -113,6 +113,23 @@ class NotificationSecret(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class MfaToken(SQLModel, table=True):
+    """A one-time code mailed to a user: sealed by the vault (never stored readable),
+    expiring, single use, a few tries."""
+
+    __tablename__ = "mfa_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(default="default", sa_column=sa.Column(sa.String(255), nullable=False))
+    username: str = Field(index=True)
+    code: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # vault: mfa_aad(id)
+    expires_at: datetime
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class AuditLog(SQLModel, table=True):
     """Append-only; each row carries the hash of the previous one (a hash chain)."""
 

@@ -98,14 +98,14 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
 
 def _header(value: str) -> str:
     """A header value on one line; RFC 2047 encoded when it is not plain ASCII."""
-    value = " ".join(str(value).split())
+    value = " ".join(str(value).encode("utf-8", "replace").decode("utf-8").split())
     if value.isascii() and len(value) < 900:
         return value
     return Header(value[:900], "utf-8", maxlinelen=76).encode(linesep="\r\n")
 
 
 def _qp(text: str) -> bytes:
-    body = quopri.encodestring(text.replace("\r\n", "\n").encode("utf-8"))
+    body = quopri.encodestring(text.replace("\r\n", "\n").encode("utf-8", "replace"))
     return body.replace(b"\n", b"\r\n")
 
 
@@ -192,11 +192,23 @@ class SmtpChannel:
 
     def _transaction(self, smtp: smtplib.SMTP, rcpt: str, data: bytes,
                      before_data: Callable[[], None] | None) -> None:
-        """MAIL, RCPT, then (once ``before_data`` returned: the previous message is
-        recorded) DATA — smtplib's ``sendmail`` split so the store's commit of the previous
-        message overlaps this message's first round trips."""
+        """smtplib's ``sendmail`` for one recipient. ``before_data`` (the caller's work for the
+        previous message: recording it as sent) runs while the server answers MAIL FROM, so
+        it overlaps a network round trip instead of adding to it; it always runs before this
+        message's DATA."""
         sender = self.settings.from_address
-        code, resp = smtp.mail(sender)
+        smtp.putcmd("mail", f"FROM:{smtplib.quoteaddr(sender)}")
+        if before_data is not None:
+            try:
+                before_data()
+            except BaseException:
+                try:
+                    smtp.getreply()
+                    smtp.rset()
+                except (smtplib.SMTPException, OSError):
+                    pass
+                raise
+        code, resp = smtp.getreply()
         if code != 250:
             smtp.rset()
             raise smtplib.SMTPSenderRefused(code, resp, sender)
@@ -204,15 +216,6 @@ class SmtpChannel:
         if code not in (250, 251):
             smtp.rset()
             raise smtplib.SMTPRecipientsRefused({rcpt: (code, resp)})
-        if before_data is not None:
-            try:
-                before_data()
-            except BaseException:
-                try:
-                    smtp.rset()
-                except (smtplib.SMTPException, OSError):
-                    pass
-                raise
         code, resp = smtp.data(data)
         if code != 250:
             smtp.rset()

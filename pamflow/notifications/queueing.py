@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,17 +45,22 @@ class NotificationContextError(PamflowError, ValueError):
     """The variables of a notification are refused (a secret, too big, not JSON)."""
 
 
-def _secret_keys(value: Any, path: str = "") -> list[str]:
+MAX_DEPTH = 20
+
+
+def _secret_keys(value: Any, path: str = "", depth: int = 0) -> list[str]:
+    if depth > MAX_DEPTH:
+        raise NotificationContextError(f"notification context is nested deeper than {MAX_DEPTH}")
     found: list[str] = []
     if isinstance(value, Mapping):
         for k, v in value.items():
             here = f"{path}.{k}" if path else str(k)
             if any(s in str(k).lower() for s in SECRET_KEYS):
                 found.append(here)
-            found += _secret_keys(v, here)
+            found += _secret_keys(v, here, depth + 1)
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            found += _secret_keys(v, f"{path}[{i}]")
+            found += _secret_keys(v, f"{path}[{i}]", depth + 1)
     return found
 
 
@@ -70,10 +76,22 @@ def clean_context(context: Mapping[str, Any] | None) -> dict[str, Any]:
         text = json.dumps(context, default=_jsonable, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise NotificationContextError(f"notification context is not JSON: {exc}") from None
-    if len(text.encode()) > CONTEXT_MAX_BYTES:
+    if len(text) > CONTEXT_MAX_BYTES:  # ASCII-escaped JSON: characters are bytes
         raise NotificationContextError(
-            f"notification context is {len(text.encode())} bytes, more than {CONTEXT_MAX_BYTES}")
-    return json.loads(text)
+            f"notification context is {len(text)} bytes, more than {CONTEXT_MAX_BYTES}")
+    return _valid_text(json.loads(text))
+
+
+def _valid_text(value: Any) -> Any:
+    """Strings that are valid UTF-8 (a lone surrogate from a badly decoded input becomes
+    U+FFFD) and without NUL, so every store and every channel can carry them."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -173,8 +191,8 @@ def queue(
     if subject is not None or body is not None:  # the transition form: texts given by the caller
         from markupsafe import escape
 
-        subject_text = " ".join(str(subject or kind.name).split())[:250]
-        text = str(body or "")
+        subject_text = _valid_text(" ".join(str(subject or kind.name).split())[:250])
+        text = _valid_text(str(body or ""))
         html = f"<p>{escape(text)}</p>"
     else:
         rendered = render(kind, ctx, tenant)
@@ -209,7 +227,7 @@ def _after_commit(session: Any) -> None:
         emit_queued()
 
 
-def _after_rollback(session: Any) -> None:
+def _after_rollback(session: Any, *_previous: Any) -> None:
     session.info.pop(_PENDING, None)
     session.info.pop(_RECENT, None)
 
@@ -223,13 +241,23 @@ def _announce_after_commit(db: Session) -> None:
         sa.event.listen(db, "after_soft_rollback", _after_rollback)
 
 
-def emit_queued() -> bool:
+EMIT_EVERY_S = 20.0  # less than the sender's idle time: a run started by the last event sees it
+_last_emit = 0.0
+
+
+def emit_queued(force: bool = False) -> bool:
     """Best effort: tell Prefect that notifications were queued (no content, no secret).
 
-    Skipped when no Prefect API is configured or ``PAMFLOW_EMIT_EVENTS=0``.
+    Skipped when no Prefect API is configured or ``PAMFLOW_EMIT_EVENTS=0``, and when this
+    process emitted one less than ``EMIT_EVERY_S`` ago (the sender that event started is
+    still running and polls the queue), so a busy robot does not start a run per commit.
     """
+    global _last_emit
     if os.environ.get("PAMFLOW_EMIT_EVENTS", "1") == "0" or not os.environ.get("PREFECT_API_URL"):
         return False
+    if not force and time.monotonic() - _last_emit < EMIT_EVERY_S:
+        return False
+    _last_emit = time.monotonic()
     from .. import events
 
     try:

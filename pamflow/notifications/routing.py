@@ -21,13 +21,14 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from ..errors import PamflowError
-from ..models import AccessGroup, AccessGroupMember, Notification, NotificationRoute, User
+from ..models import AccessGroup, AccessGroupMember, NotificationRoute, User
 from .catalogue import CATALOGUE, FAMILIES, SEVERITIES
 
 CHANNELS = ("email", "syslog", "webhook")
@@ -153,7 +154,7 @@ def stored_routes(db: Session, tenant: str | None = None) -> list[Route]:
             for r in db.exec(q.order_by(col(NotificationRoute.id))).all()]
 
 
-def routes_for(n: Notification, routes: Iterable[Route]) -> list[Route]:
+def routes_for(n: Any, routes: Iterable[Route]) -> list[Route]:
     return [r for r in routes if r.matches(n.type, n.family, n.severity, n.tenant)]
 
 
@@ -187,7 +188,7 @@ class Directory:
         return found
 
 
-def explicit_routes(n: Notification) -> Sequence[Route]:
+def explicit_routes(n: Any) -> Sequence[Route]:
     """The recipients the robot named when queueing: e-mail, immediate."""
     out = []
     for r in n.recipients or []:

@@ -10,13 +10,15 @@ recipient and day. A notification no route matches is ``unrouted`` (kept, listed
 
 Delivery (:func:`deliver`): a sender claims due messages with a lease (``lease_owner``,
 ``lease_until``; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), opens each channel once per
-batch, and records each message ``sent`` in its own commit as soon as the server took it.
+batch, and records each message ``sent`` in its own commit once the server took it (while
+the server answers the next message's MAIL FROM, and always before that message's DATA).
 A failure sets ``next_attempt_at`` with exponential backoff; after ``max_attempts`` (or a
 permanent refusal, SMTP 5xx) the message is ``dead`` with its error. A sender killed
 mid-batch leaves its claimed messages leased; when the lease expires another sender takes
-them, with the same Message-ID. The only window for a duplicate is between the server's
-250 and the commit that records it (microseconds; the stable Message-ID lets the receiving
-side discard it); a message is never dropped.
+them, with the same Message-ID. At most one message is ever accepted by a server and not
+yet recorded: a crash in that window (one commit and one SMTP command long) sends it again
+with the same Message-ID, which lets the receiving side discard it; a message is never
+dropped.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ _MSG = table_of(NotificationMessage)
 
 @dataclass(frozen=True)
 class SenderSettings:
-    batch_size: int = 100
+    batch_size: int = 500
     lease_s: float = 300.0
     max_attempts: int = 5
     backoff_s: float = 30.0
@@ -107,14 +109,16 @@ def new_message_id(domain: str) -> str:
 
 
 # ----------------------------------------------------------------------------- planning
-def _queued(db: Session, now: datetime, settings: SenderSettings) -> list[Notification]:
-    q = (select(Notification).where(col(Notification.state) == "queued",
-                                    col(Notification.created_at) <= now - timedelta(
-                                        seconds=settings.settle_s))
-         .order_by(col(Notification.id)).limit(settings.plan_limit))
+def _queued(db: Session, now: datetime, settings: SenderSettings) -> list[Any]:
+    """Queued rows, only the columns routing needs (plain rows: no ORM objects to build)."""
+    n = table_of(Notification).c
+    q = (sa.select(n.id, n.type, n.family, n.tenant, n.severity, n.subject, n.body, n.html,
+                   n.recipients, n.repeats)
+         .where(n.state == "queued", n.created_at <= now - timedelta(seconds=settings.settle_s))
+         .order_by(n.id).limit(settings.plan_limit))
     if db.get_bind().dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
-    return list(db.exec(q).all())
+    return list(db.execute(q).all())
 
 
 def plan(engine: Engine, extra_routes: Sequence[Route] = (), settings: SenderSettings | None = None,
@@ -132,8 +136,10 @@ def plan(engine: Engine, extra_routes: Sequence[Route] = (), settings: SenderSet
         directory = Directory(db)
         ids = MessageIds(settings.message_domain)
         # (tenant, channel, address, type, secret_ref) -> notifications
-        buckets: dict[tuple[str, str, str, str, str | None], list[Notification]] = defaultdict(list)
+        buckets: dict[tuple[str, str, str, str, str | None], list[Any]] = defaultdict(list)
         parts: list[dict[str, Any]] = []
+        routed: list[int | None] = []
+        unrouted: list[int | None] = []
         for n in rows:
             matched = routes_for(n, routes) + list(explicit_routes(n))
             targets: set[tuple[str, str, str | None, str]] = set()
@@ -147,9 +153,7 @@ def plan(engine: Engine, extra_routes: Sequence[Route] = (), settings: SenderSet
                     parts.append(_part(n, c, a, s, settings, now))
             for c, a, s in immediate:
                 buckets[(n.tenant, c, a, n.type, s)].append(n)
-            n.state = "routed" if targets else "unrouted"
-            n.routed_at = now
-            db.add(n)
+            (routed if targets else unrouted).append(n.id)
             if not targets:
                 report.unrouted += 1
         messages = []
@@ -162,6 +166,11 @@ def plan(engine: Engine, extra_routes: Sequence[Route] = (), settings: SenderSet
             values["message_id"] = ids()
         if messages or parts:
             db.execute(sa.insert(_MSG), messages + parts)
+        table = table_of(Notification)
+        for state, ids_ in (("routed", routed), ("unrouted", unrouted)):
+            for i in range(0, len(ids_), 500):  # bulk: one statement per 500 rows, not per row
+                db.execute(sa.update(table).where(table.c.id.in_(ids_[i:i + 500]))
+                           .values(state=state, routed_at=now))
         report.messages = len(messages)
         report.digest_parts = len(parts)
         db.commit()
@@ -175,12 +184,12 @@ def _base(tenant: str, channel: str, address: str, type_name: str, severity: str
             "secret_ref": secret_ref, "attempts": 0, "next_attempt_at": now, "created_at": now}
 
 
-def _repeat_note(n: Notification) -> str:
+def _repeat_note(n: Any) -> str:
     return f" (seen {n.repeats + 1} times)" if n.repeats else ""
 
 
 def _message(tenant: str, channel: str, address: str, type_name: str, secret_ref: str | None,
-             group: list[Notification], settings: SenderSettings, now: datetime,
+             group: list[Any], settings: SenderSettings, now: datetime,
              ids: MessageIds) -> dict[str, Any]:
     first = group[0]
     values = _base(tenant, channel, address, type_name, first.severity, secret_ref, settings, now)
@@ -196,7 +205,7 @@ def _message(tenant: str, channel: str, address: str, type_name: str, secret_ref
     return values
 
 
-def _part(n: Notification, channel: str, address: str, secret_ref: str | None,
+def _part(n: Any, channel: str, address: str, secret_ref: str | None,
           settings: SenderSettings, now: datetime) -> dict[str, Any]:
     values = _base(n.tenant, channel, address, n.type, n.severity, secret_ref, settings, now)
     values.update(subject=n.subject + _repeat_note(n), text=n.body, html=None, sent_at=None,
@@ -272,6 +281,7 @@ def claim(engine: Engine, owner: str, limit: int, lease_s: float, now: datetime 
                        attempts=r.attempts) for r in rows]
 
 
+_SENT_AT = _MSG.c.sent_at.type
 _SENT = (sa.update(_MSG)
          .where(_MSG.c.id == sa.bindparam("mid"), _MSG.c.lease_owner == sa.bindparam("owner"),
                 _MSG.c.state == "pending")
@@ -357,47 +367,39 @@ def deliver(engine: Engine, channel_for: ChannelFactory, settings: SenderSetting
 
 
 class _Recorder:
-    """Records sent messages on its own connection and thread, one commit per message, so the
-    commit of message k overlaps the MAIL/RCPT round trips of message k+1. DATA of k+1 waits
-    until k is recorded: at most one message is ever accepted by a server and not yet
-    recorded, as without the overlap."""
+    """Records each sent message in its own commit on a raw DB-API connection with one
+    prepared statement: this runs once per message, so it must cost tens of microseconds,
+    not the ORM's milliseconds (bench/notifications_bench.py)."""
 
     def __init__(self, engine: Engine, owner: str) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.engine = engine
         self.owner = owner
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notification-recorder")
-        self.conn: sa.Connection | None = None
-        self.pending: Any = None  # Future[bool] of the last message handed over
+        self.raw: Any = None
+        style = engine.dialect.paramstyle
+        mark = "?" if style == "qmark" else "%s"
+        self.sql = (f"UPDATE notification_message SET state = 'sent', sent_at = {mark}, "
+                    f"attempts = attempts + 1, lease_owner = NULL, lease_until = NULL, error = NULL "
+                    f"WHERE id = {mark} AND lease_owner = {mark} AND state = 'pending'")
+        self.stamp = _SENT_AT.bind_processor(engine.dialect)  # the column type's own conversion
 
-    def _record(self, msg: OutMessage) -> bool:
-        if self.conn is None:
-            self.conn = self.engine.connect()
-        done = self.conn.execute(_SENT, {"mid": msg.id, "owner": self.owner, "at": utcnow()})
-        self.conn.commit()
-        return getattr(done, "rowcount", 0) == 1
-
-    def submit(self, msg: OutMessage) -> Any:
-        self.wait()
-        self.pending = self.pool.submit(self._record, msg)
-        return self.pending
-
-    def wait(self) -> None:
-        """Block until the last handed-over message is recorded (raises if that failed)."""
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.result()
+    def record(self, msg: OutMessage) -> bool:
+        if self.raw is None:
+            self.raw = self.engine.raw_connection()
+        at = utcnow()
+        value: Any = self.stamp(at) if self.stamp is not None else at
+        cur = self.raw.cursor()
+        try:
+            cur.execute(self.sql, (value, msg.id, self.owner))
+            count = cur.rowcount
+        finally:
+            cur.close()
+        self.raw.commit()
+        return count == 1
 
     def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            def _close() -> None:
-                if self.conn is not None:
-                    self.conn.close()
-            self.pool.submit(_close).result()
-            self.pool.shutdown()
+        if self.raw is not None:
+            self.raw.close()
+            self.raw = None
 
 
 def _send_all(db: Session, name: str, msgs: list[OutMessage], channel_for: ChannelFactory,
@@ -414,37 +416,43 @@ def _send_all(db: Session, name: str, msgs: list[OutMessage], channel_for: Chann
             _failed(db, msg, owner, err, settings, report)
         return
     recorder = _Recorder(db.get_bind(), owner)  # type: ignore[arg-type]
+    pending: list[OutMessage] = []  # sent (the server said 250), not yet recorded: at most one
+
+    def record_pending() -> None:
+        while pending:
+            done = pending.pop()
+            if not recorder.record(done):
+                # our lease was taken over (we were too slow): the other sender owns it now
+                log.warning("message %s was sent but its lease had passed to another sender",
+                            done.id)
+                continue
+            report.sent += 1
+            report.by_channel[name] = report.by_channel.get(name, 0) + 1
+            report.add_row(done, "sent")
+            if on_sent is not None:
+                on_sent(done)
+
     try:
         for i, msg in enumerate(msgs):
             if should_stop():
                 return
             try:
-                channel.send(msg, before_data=recorder.wait)
+                # the previous message is recorded while the server answers this one's MAIL
+                channel.send(msg, before_data=record_pending)
             except DeliveryError as err:
-                recorder.wait()
+                record_pending()
                 _failed(db, msg, owner, err, settings, report)
                 if err.connection:  # the channel is down: the rest of the batch fails the same way
                     for rest in msgs[i + 1:]:
                         _failed(db, rest, owner, err, settings, report)
                     return
                 continue
-            future = recorder.submit(msg)
-            report.sent += 1
-            report.by_channel[name] = report.by_channel.get(name, 0) + 1
-            report.add_row(msg, "sent")
-            if on_sent is not None:
-                on_sent(msg)
-            future.add_done_callback(_lease_lost(msg))
+            pending.append(msg)
     finally:
-        recorder.close()
-
-
-def _lease_lost(msg: OutMessage) -> Callable[[Any], None]:
-    def check(future: Any) -> None:
-        if future.exception() is None and not future.result():
-            # our lease was taken over (we were too slow): the other sender owns it now
-            log.warning("message %s was sent but its lease had passed to another sender", msg.id)
-    return check
+        try:
+            record_pending()
+        finally:
+            recorder.close()
 
 
 def _failed(db: Session, msg: OutMessage, owner: str, err: DeliveryError, settings: SenderSettings,

@@ -66,6 +66,12 @@ EVENT_SCHEMAS: dict[str, EventSchema] = {
         description="An operation (change, verify, reconcile...) was queued; `operation_id` "
                     "is its row in the store.",
     ),
+    "pam.mfa.requested": EventSchema(
+        robot="mfa-token-mail",
+        fields={"username": Field(str, non_empty=True, max_length=255)},
+        description="Mail a one-time code to `username` (an active PAM user with an e-mail "
+                    "address); it expires after 10 minutes and works once.",
+    ),
     "pam.notification.queued": EventSchema(
         robot="email-sender",
         fields={},

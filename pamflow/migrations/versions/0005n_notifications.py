@@ -1,5 +1,5 @@
 """notifications: tenant, severity, HTML and repeat counting on notification rows; messages
-(the unit of delivery), routes and channel secrets
+(the unit of delivery), routes, channel secrets and mailed one-time codes
 
 Revision ID: 0005n
 Revises: 0003
@@ -75,6 +75,21 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant", "match", "recipient", "channel", name="uq_notification_route"),
     )
     op.create_table(
+        "mfa_token",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("tenant", sa.String(255), nullable=False),
+        sa.Column("username", sa.String(), nullable=False),
+        sa.Column("code", sa.Text(), nullable=False),
+        sa.Column("expires_at", UTC(), nullable=False),
+        sa.Column("used_at", UTC(), nullable=True),
+        sa.Column("revoked_at", UTC(), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("created_at", UTC(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("mfa_token", schema=None) as batch_op:
+        batch_op.create_index("ix_mfa_token_username", ["username"], unique=False)
+    op.create_table(
         "notification_secret",
         sa.Column("name", sa.String(128), nullable=False),
         sa.Column("ciphertext", sa.Text(), nullable=False),
@@ -85,6 +100,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("notification_secret")
+    with op.batch_alter_table("mfa_token", schema=None) as batch_op:
+        batch_op.drop_index("ix_mfa_token_username")
+    op.drop_table("mfa_token")
     op.drop_table("notification_route")
     with op.batch_alter_table("notification_message", schema=None) as batch_op:
         batch_op.drop_index("ix_notification_message_due")
