@@ -356,6 +356,16 @@ def test_system_monitor_flow_reads_its_block_and_publishes(store, tmpfs, prefect
     assert system_monitor(settings="monitor-flow-test")["alerts"] == []
 
 
+def test_system_monitor_as_a_service_run_makes_a_pass_every_interval(store, prefect_server):
+    """prefect.yaml starts system-monitor hourly with a lifetime: one run makes the 10-minute
+    passes itself (here shortened: a pass every second for 2.5 s)."""
+    from flows.monitors import system_monitor
+
+    result = system_monitor(settings="monitor-service-test", lifetime_s=2.5, every_s=1)
+    assert result["passes"] >= 2  # 3 on a quiet machine; a slow pass leaves room for fewer
+    assert system_monitor(settings="monitor-service-test")["passes"] == 1
+
+
 def test_cli_monitors_status(store, tmp_path):
     from typer.testing import CliRunner
 
