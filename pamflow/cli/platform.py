@@ -118,7 +118,7 @@ def up(
                               f"(SQLite in {home / 'prefect'}; API authentication on)…")
                 server = supervisor.add("prefect server", lambda: platform.start_server(
                     home / "prefect", port, auth=auth))
-                platform.wait_healthy(api_url, timeout=120, proc=server.proc)
+                platform.wait_healthy(api_url, timeout=300, proc=server.proc)
             platform.record_api_url(home, api_url)
             os.environ["PREFECT_API_URL"] = api_url
 
