@@ -609,8 +609,11 @@ class Supervisor:
                  "processes": [i.as_dict() for i in self.items],
                  "services": list(self.services.values())}
         tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.state_path)
+        try:
+            tmp.write_text(json.dumps(state, indent=2))
+            os.replace(tmp, self.state_path)
+        except OSError as exc:  # the data directory went away: supervising goes on
+            self.log(f"could not write {self.state_path}: {exc.strerror}")
 
     def stop_all(self, deadline: float = 20,
                  on_stopped: Callable[[str], None] = lambda _name: None) -> None:
