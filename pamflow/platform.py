@@ -517,6 +517,7 @@ class Supervisor:
         self.items: list[Supervised] = []
         self.services: dict[str, dict] = {}
         self.stopping = False
+        self.next_reap = 0.0
 
     def add(self, name: str, start: Callable[[], subprocess.Popen]) -> Supervised:
         item = Supervised(name, start)
@@ -565,7 +566,9 @@ class Supervisor:
                          f"#{item.restarts})")
                 restarted.append(item.name)
                 changed = True
-        self.reap_orphans()
+        if now >= self.next_reap:  # reading /proc is not free: every 10 s is enough
+            self.next_reap = now + 10.0
+            self.reap_orphans()
         if changed:
             self.write_state()
         return restarted
