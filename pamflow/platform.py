@@ -527,6 +527,7 @@ class Supervisor:
         self.items: list[Supervised] = []
         self.services: dict[str, dict] = {}
         self.stopping = False
+        self.next_reap = 0.0
 
     def add(self, name: str, start: Callable[[], subprocess.Popen]) -> Supervised:
         item = Supervised(name, start)
@@ -575,7 +576,9 @@ class Supervisor:
                          f"#{item.restarts})")
                 restarted.append(item.name)
                 changed = True
-        self.reap_orphans()
+        if now >= self.next_reap:  # reading /proc is not free: every 10 s is enough
+            self.next_reap = now + 10.0
+            self.reap_orphans()
         if changed:
             self.write_state()
         return restarted
@@ -619,8 +622,11 @@ class Supervisor:
                  "processes": [i.as_dict() for i in self.items],
                  "services": list(self.services.values())}
         tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.state_path)
+        try:
+            tmp.write_text(json.dumps(state, indent=2))
+            os.replace(tmp, self.state_path)
+        except OSError as exc:  # the data directory went away: supervising goes on
+            self.log(f"could not write {self.state_path}: {exc.strerror}")
 
     def stop_all(self, deadline: float = 20,
                  on_stopped: Callable[[str], None] = lambda _name: None) -> None:

@@ -118,7 +118,7 @@ def up(
                               f"(SQLite in {home / 'prefect'}; API authentication on)…")
                 server = supervisor.add("prefect server", lambda: platform.start_server(
                     home / "prefect", port, auth=auth))
-                platform.wait_healthy(api_url, timeout=120, proc=server.proc)
+                platform.wait_healthy(api_url, timeout=300, proc=server.proc)
             platform.record_api_url(home, api_url)
             os.environ["PREFECT_API_URL"] = api_url
 
@@ -132,7 +132,7 @@ def up(
                           f"pamflow was down (each robot runs once now, not once per slot)")
         if not no_worker:
             supervisor.add("worker", lambda: platform.start_worker(
-                api_url, log_path=home / "worker.log"))
+                api_url, log_path=home / "worker.log", query_seconds=WORKER_QUERY_S))
         if not no_gateway:
             supervisor.add("webhook gateway", lambda: platform.start_gateway(
                 api_url, gateway_port, home / "gateway.log"))
@@ -144,11 +144,10 @@ def up(
             console.print(f"webhooks: http://127.0.0.1:{gateway_port}/hooks/<source>")
         console.print(f"logs: {home}/*.log — Ctrl-C stops everything.\n")
         _print_robots()
-        keeper = None if no_worker else platform.ServiceKeeper(
+        keeper = platform.ServiceKeeper(
             api_url, os.environ.get("PREFECT_API_AUTH_STRING"), supervisor.note_service)
-        if keeper is not None:
-            threading.Thread(target=_keep_services, args=(keeper, stopping, log),
-                             name="service-keeper", daemon=True).start()
+        threading.Thread(target=_keep_services, args=(keeper, stopping, log),
+                         name="service-keeper", daemon=True).start()
         while not stopping.is_set():
             supervisor.check()
             stopping.wait(0.5)
@@ -159,6 +158,9 @@ def up(
 
 
 KEEPER_INTERVAL_S = 15.0
+# How often the worker asks Prefect for runs to start (Prefect's default is 10 s): the
+# latency of a scheduled or event-started robot against the idle cost of polling.
+WORKER_QUERY_S = 5.0
 
 
 def _keep_services(keeper, stopping: threading.Event, log) -> None:
