@@ -16,7 +16,9 @@ from pamflow.models._base import utcnow
 from pamflow.notifications import CATALOGUE, RENAMED, render, sample, set_strict
 from pamflow.notifications.templates import TemplateError
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+# copies of the seed documents 002 and 003 (the product's notification catalogues), so the
+# test reads them wherever the repository is checked out
+SEEDS = Path(__file__).resolve().parent / "fixtures" / "seeds"
 
 
 def seed_names() -> tuple[set[str], set[str]]:
