@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 
@@ -56,6 +57,7 @@ def up(
     os.environ.setdefault("PAMFLOW_HOME", str(home))
     os.environ.update(platform.QUIET_ENV)
     stopping = threading.Event()
+    interrupted = threading.Event()  # Ctrl-C or SIGTERM: the normal way `up` ends
 
     def log(message: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -152,9 +154,17 @@ def up(
             supervisor.check()
             stopping.wait(0.5)
     except KeyboardInterrupt:
-        pass
+        interrupted.set()
     finally:
         shutdown()
+        if interrupted.is_set():
+            # everything `up` started is stopped: leave now. Threads and exit hooks of the
+            # libraries used on the way (Prefect's clients and event workers, the keeper's
+            # HTTP client) must not hold a stopped platform's process open.
+            console.print("pamflow stopped.")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 KEEPER_INTERVAL_S = 15.0
