@@ -10,10 +10,9 @@ accepted, because read-only is enforced for them; the query must be one SELECT.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from pamflow.directory import DatabaseSettings
 
@@ -55,26 +54,6 @@ class DeviceDatabaseBlock(Block):
 def load_device_database(name: str) -> DatabaseSettings:
     """The settings saved as device database block ``name``; DirectorySettingsError when
     there is no such block, naming what to do."""
-    from pamflow.directory import DirectoryNotConfigured, DirectorySettingsError
+    from blocks.ldap_directory import load_settings_block
 
-    if not isinstance(name, str) or not BLOCK_NAME.fullmatch(name):
-        raise DirectorySettingsError(f"{str(name)[:40]!r} is not a block name: use 1-63 lowercase "
-                                     "letters, digits and dashes")
-    try:
-        loaded: Any = DeviceDatabaseBlock.load(name, validate=True)
-    except ValidationError as exc:
-        raise DirectorySettingsError(f"device database block {name!r} has invalid settings: "
-                                     f"{exc.error_count()} error(s), first: "
-                                     f"{exc.errors()[0].get('loc')} {exc.errors()[0].get('msg')}"
-                                     ) from None
-    except ValueError as exc:
-        raise DirectoryNotConfigured(f"no device database block named {name!r}: create one in "
-                                     f"the Prefect UI (Blocks > Device database) "
-                                     f"({str(exc)[:120]})") from None
-    except Exception as exc:  # noqa: BLE001 - the API failed: say so, in one line
-        raise DirectorySettingsError(f"cannot read device database block {name!r} from the Prefect API: "
-                                     f"{type(exc).__name__}: {str(exc)[:160]}") from None
-    if not isinstance(loaded, DeviceDatabaseBlock):
-        getattr(loaded, "close", lambda: None)()
-        raise RuntimeError("device database blocks cannot be loaded inside an event loop")
-    return loaded.to_settings(name)
+    return load_settings_block(DeviceDatabaseBlock, "device database", "Device database", name)

@@ -93,26 +93,33 @@ class LdapDirectoryBlock(Block):
 def load_directory(name: str) -> DirectorySettings:
     """The settings saved as LDAP directory block ``name``; DirectorySettingsError when there
     is no such block (or it cannot be read), naming what to do."""
+    return load_settings_block(LdapDirectoryBlock, "LDAP directory", "LDAP directory", name)
+
+
+def load_settings_block(cls: Any, label: str, menu: str, name: str) -> Any:
+    """The settings of the ``cls`` block saved as ``name`` (``label`` in messages, ``menu``
+    in the UI's Blocks menu): a clear DirectorySettingsError for a bad name, bad settings or
+    an unreachable API, DirectoryNotConfigured when there is no such block."""
     from pamflow.directory import DirectoryNotConfigured, DirectorySettingsError
 
     if not isinstance(name, str) or not BLOCK_NAME.fullmatch(name):
         raise DirectorySettingsError(f"{str(name)[:40]!r} is not a block name: use 1-63 lowercase "
                                      "letters, digits and dashes")
     try:
-        loaded: Any = LdapDirectoryBlock.load(name, validate=True)
+        loaded: Any = cls.load(name, validate=True)
     except ValidationError as exc:
-        raise DirectorySettingsError(f"LDAP directory block {name!r} has invalid settings: "
+        raise DirectorySettingsError(f"{label} block {name!r} has invalid settings: "
                                      f"{exc.error_count()} error(s), first: "
                                      f"{exc.errors()[0].get('loc')} {exc.errors()[0].get('msg')}"
                                      ) from None
     except ValueError as exc:
-        raise DirectoryNotConfigured(f"no LDAP directory block named {name!r}: create one in the "
-                                     f"Prefect UI (Blocks > LDAP directory) ({str(exc)[:120]})"
+        raise DirectoryNotConfigured(f"no {label} block named {name!r}: create one in the "
+                                     f"Prefect UI (Blocks > {menu}) ({str(exc)[:120]})"
                                      ) from None
     except Exception as exc:  # noqa: BLE001 - the API failed: say so, in one line
-        raise DirectorySettingsError(f"cannot read LDAP directory block {name!r} from the Prefect API: "
+        raise DirectorySettingsError(f"cannot read {label} block {name!r} from the Prefect API: "
                                      f"{type(exc).__name__}: {str(exc)[:160]}") from None
-    if not isinstance(loaded, LdapDirectoryBlock):  # a coroutine inside an event loop
+    if not isinstance(loaded, cls):  # a coroutine inside an event loop
         getattr(loaded, "close", lambda: None)()
-        raise RuntimeError("LDAP directory blocks cannot be loaded inside an event loop")
+        raise RuntimeError(f"{label} blocks cannot be loaded inside an event loop")
     return loaded.to_settings(name)
